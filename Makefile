@@ -1,0 +1,51 @@
+# pgcelery developer commands. Everything installs from the lockfile (uv.lock).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: install run test lint typecheck bench soak audit lock clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras --group dev
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv from the lockfile
+
+run: install  ## run a worker (embedded PostgreSQL when DATABASE_URL is unset)
+	$(VENV)/bin/pgcelery worker
+
+test: install  ## run the test suite against a real PostgreSQL
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check backend tests bench
+	$(VENV)/bin/ruff format --check backend tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy --strict
+
+audit: install  ## pip check and pip-audit over the locked dependencies
+	$(VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(VENV)/bin/python -m ensurepip --quiet
+	$(VENV)/bin/python -m pip check
+	$(UV) export --frozen --all-extras --group dev --no-emit-project --no-hashes > .tools/requirements.txt
+	$(VENV)/bin/pip-audit --strict --disable-pip -r .tools/requirements.txt
+
+bench: install  ## pgcelery vs stock kombu sqla vs Redis, side by side
+	$(VENV)/bin/python -m bench
+
+soak: install
+	$(VENV)/bin/python -m bench.soak
+
+lock: | $(UV)
+	$(UV) lock
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""pgcelery: production-grade Celery on PostgreSQL alone.
+
+One ``DATABASE_URL``, no Redis, no RabbitMQ. Start with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from pgcelery.app import create_app
+from pgcelery.exceptions import (
+    ConfigurationError,
+    InvalidTenantId,
+    PgceleryError,
+    SchemaBehind,
+    SchemaError,
+    SchemaNotMigrated,
+    TenantRequired,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidTenantId",
+    "PgceleryError",
+    "SchemaBehind",
+    "SchemaError",
+    "SchemaNotMigrated",
+    "TenantRequired",
+    "create_app",
+]
+__version__ = "0.1.0"

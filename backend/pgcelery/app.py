@@ -1,0 +1,92 @@
+"""The Celery application factory: one ``DATABASE_URL`` in, a production-ready Celery out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+
+from pgcelery import dsn
+from pgcelery.settings import Settings
+
+#: Task modules every pgcelery app includes.
+BUILTIN_TASK_MODULES = ("pgcelery.tasks.housekeeping", "pgcelery.tasks.maintenance")
+
+
+def production_defaults(settings: Settings) -> dict[str, Any]:
+    """Celery settings pgcelery starts from; a host overrides any of them with ``app.conf``."""
+    return {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "task_track_started": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child,
+        "worker_max_memory_per_child": settings.max_memory_per_child,
+        # Migrations own the schema: the result backend must never create tables.
+        "database_create_tables_at_setup": False,
+        "database_table_schemas": {"task": settings.schema_name, "group": settings.schema_name},
+        "database_engine_options": {"pool_pre_ping": True},
+        # A worker started while Postgres is down waits for it instead of exiting.
+        "broker_connection_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "polling_interval": settings.polling_interval,
+            "listen": settings.listen,
+            "schema": settings.schema_name,
+        },
+        # Remote control and events need a fanout exchange, which only the pgcelery transport
+        # offers; they are switched on when it is installed.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "broker_heartbeat": 0,
+    }
+
+
+def create_app(
+    main: str = "pgcelery",
+    *,
+    include: Iterable[str] = (),
+    settings: Settings | None = None,
+) -> Celery:
+    """Create a Celery app whose broker and result backend are the PostgreSQL in DATABASE_URL.
+
+    ``include`` names the host's task modules; pgcelery's built-in tasks are always included.
+    Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``.
+    """
+    settings = settings or Settings()
+    from pgcelery import wiring
+
+    wiring.install_transport_and_backend()
+    app = Celery(
+        main,
+        broker=dsn.broker_url(settings.database_url),
+        backend=dsn.result_backend_url(settings.database_url),
+        include=[*BUILTIN_TASK_MODULES, *(m for m in include if m not in BUILTIN_TASK_MODULES)],
+        set_as_current=True,
+    )
+    app.conf.update(production_defaults(settings))
+    app.pgcelery_settings = settings
+    wiring.install_app_hooks(app, settings)
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The pgcelery settings an app was created with (environment settings for a plain app)."""
+    found = getattr(app, "pgcelery_settings", None)
+    return found if isinstance(found, Settings) else Settings()

@@ -1,0 +1,181 @@
+"""The result backend: Celery's ``db+`` backend on pooled connections, woken by NOTIFY.
+
+Stock ``DatabaseBackend`` opens a new connection for every result outside a forked worker,
+takes three round trips to store one, creates tables on first use, and ``AsyncResult.get()``
+polls every half second. This subclass keeps Celery's tables, encoding and semantics (a stored
+SUCCESS is never overwritten) and changes how: one engine per process, an UPDATE-or-INSERT,
+no table creation ever, and waiting on the result trigger's NOTIFY.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from time import monotonic
+from typing import Any
+
+import sqlalchemy as sa
+from celery import states
+from celery.backends.database import DatabaseBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.utils.encoding import ensure_bytes
+from sqlalchemy.orm import Session, sessionmaker
+
+from pgcelery import dsn
+from pgcelery.notify import listener
+from pgcelery.schema import RESULT_CHANNEL
+
+_ENGINES: dict[tuple[int, str], tuple[sa.Engine, sessionmaker[Session]]] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(url: str, options: dict[str, Any]) -> tuple[sa.Engine, sessionmaker[Session]]:
+    # Keyed by pid: a prefork child must never use its parent's pooled connections.
+    key = (os.getpid(), url)
+    with _ENGINES_LOCK:
+        found = _ENGINES.get(key)
+        if found is None:
+            engine = sa.create_engine(url, **options)
+            found = _ENGINES[key] = (engine, sessionmaker(bind=engine))
+        return found
+
+
+class _Waiters:
+    """task id → events of threads waiting for that task's result, fed by the listener."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[threading.Event]] = {}
+
+    def add(self, task_id: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(task_id, []).append(event)
+        return event
+
+    def remove(self, task_id: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._events.get(task_id, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._events.pop(task_id, None)
+
+    def notify(self, task_id: str | None) -> None:
+        with self._lock:
+            if task_id is None:  # reconnected: anything may have finished
+                targets = [e for events in self._events.values() for e in events]
+            else:
+                targets = list(self._events.get(task_id, ()))
+        for event in targets:
+            event.set()
+
+
+_WAITERS: dict[int, _Waiters] = {}
+
+
+class PgBackend(DatabaseBackend):
+    """Celery's database result backend, made fast and schema-safe for PostgreSQL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Never create or alter tables: migrations own the schema.
+        self.session_manager.prepared = True
+        self._sync_url = self.url
+        self._conninfo = dsn.libpq_url(self.url)
+        self._task_table: sa.Table = self.task_cls.__table__
+
+    def ResultSession(self, session_manager: Any = None) -> Session:
+        options = {k: v for k, v in self.engine_options.items() if k != "poolclass"}
+        _, factory = _engine(self._sync_url, options)
+        return factory()
+
+    def on_backend_retryable_error(self, exc: Exception) -> None:
+        engine, _ = _engine(self._sync_url, {})
+        engine.dispose()
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # Let Celery fill a detached row object, so the encoding of every column is its own.
+        row = self.task_cls(task_id)
+        self._update_result(row, result, state, traceback=traceback, request=request)
+        values = {
+            column.name: getattr(row, column.name)
+            for column in self._task_table.columns
+            if column.name not in ("id", "task_id")
+        }
+        values["date_done"] = sa.func.timezone("UTC", sa.func.now())
+        table = self._task_table
+        update = (
+            table.update()
+            .where(table.c.task_id == task_id, table.c.status != states.SUCCESS)
+            .values(**values)
+        )
+        sequence = self.task_cls.id.default
+        insert = (
+            sa.dialects.postgresql.insert(table)
+            .values(id=sequence.next_value(), task_id=task_id, **values)
+            .on_conflict_do_nothing(index_elements=["task_id"])
+        )
+        engine, _ = _engine(self._sync_url, self._engine_options())
+        with engine.begin() as connection:
+            if connection.execute(update).rowcount:
+                return
+            if connection.execute(insert).rowcount:
+                return
+            # A row appeared since the UPDATE (a concurrent first write): try once more.
+            connection.execute(update)
+
+    def _engine_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.engine_options.items() if k != "poolclass"}
+
+    def _decode_stored_result(self, payload: Any) -> Any:
+        # Stock falls back to pickle.loads for rows that do not decode: never unpickle here.
+        return None if payload is None else self.decode(ensure_bytes(payload))
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Any = None,
+    ) -> Any:
+        """Wait for the task's result; woken by NOTIFY, polling every ``interval`` as a fallback."""
+        waiters = _WAITERS.get(os.getpid())
+        if waiters is None:
+            waiters = _WAITERS[os.getpid()] = _Waiters()
+            listener(self._conninfo).subscribe(RESULT_CHANNEL, waiters.notify)
+        event = waiters.add(task_id)
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            while True:
+                event.clear()
+                meta = self.get_task_meta(task_id)
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                if on_interval:
+                    on_interval()
+                wait = interval
+                if deadline is not None:
+                    remaining = deadline - monotonic()
+                    if remaining <= 0:
+                        raise CeleryTimeoutError("The operation timed out.")
+                    wait = min(wait, remaining)
+                event.wait(wait)
+        finally:
+            waiters.remove(task_id, event)
+
+
+def install(app: Any) -> None:
+    """Serve this app's ``db+`` result URL with :class:`PgBackend`."""
+    overrides = dict(getattr(app.loader, "override_backends", {}) or {})
+    overrides["db"] = f"{__name__}:PgBackend"
+    app.loader.override_backends = overrides

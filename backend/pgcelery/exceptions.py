@@ -1,0 +1,53 @@
+"""pgcelery's exceptions.
+
+Every exception's docstring is its default message, so ``raise TenantRequired()`` already says
+what went wrong and how to fix it; pass a message to add specifics.
+"""
+
+from __future__ import annotations
+
+
+class PgceleryError(Exception):
+    """pgcelery failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(PgceleryError, ValueError):
+    """pgcelery is misconfigured: check DATABASE_URL and the PGCELERY_* variables."""
+
+
+class SchemaError(PgceleryError):
+    """The database schema does not match this version of pgcelery.
+
+    Run `pgcelery migrate` (or `alembic upgrade head`) against DATABASE_URL.
+    """
+
+
+class SchemaNotMigrated(SchemaError):
+    """The pgcelery tables do not exist: run `pgcelery migrate` or `alembic upgrade head`."""
+
+
+class SchemaBehind(SchemaError):
+    """The database schema is behind the code: run `pgcelery migrate` or `alembic upgrade head`."""
+
+
+class TenancyError(PgceleryError):
+    """The task's tenant is missing or invalid."""
+
+
+class TenantRequired(TenancyError):
+    """This task is tenant-scoped: pass tenant_id=<uuid> or send it inside tenant_context()."""
+
+
+class InvalidTenantId(TenancyError):
+    """tenant_id must be a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)."""
+
+
+class PayloadInvalid(PgceleryError):
+    """The task's arguments do not match its declared payload model."""
+
+
+class BudgetExceeded(PgceleryError):
+    """The work would cost more than the task's max_cost_cents allows."""

@@ -1,0 +1,124 @@
+"""The tables pgcelery owns, as SQLAlchemy metadata, and their names as safe SQL identifiers.
+
+The metadata starts from kombu's and Celery's own models (so an upgrade of either that changes
+a model shows up as drift against the migrations) and adds the columns pgcelery's broker needs.
+Migrations create these tables; nothing here ever runs ``create_all``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
+
+import sqlalchemy as sa
+from celery.backends.database.models import Task, TaskExtended, TaskSet  # noqa: F401
+from celery.backends.database.session import ResultModelBase
+from kombu.transport.sqlalchemy.models import Message as MessageBase
+from kombu.transport.sqlalchemy.models import ModelBase, class_registry
+from kombu.transport.sqlalchemy.models import Queue as QueueBase
+from sqlalchemy.dialects import postgresql
+
+QUEUE_TABLE = "kombu_queue"
+MESSAGE_TABLE = "kombu_message"
+TASK_TABLE = "celery_taskmeta"
+GROUP_TABLE = "celery_tasksetmeta"
+BROADCAST_TABLE = "pgcelery_broadcast"
+WORKER_TABLE = "pgcelery_worker"
+#: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
+MESSAGE_CHANNEL = "pgcelery_message"
+RESULT_CHANNEL = "pgcelery_result"
+#: The Alembic version table pgcelery uses when it migrates on its own.
+VERSION_TABLE = "pgcelery_alembic_version"
+
+
+def _kombu_model(name: str, base: type, tablename: str) -> sa.Table:
+    # Same registry key kombu's transport uses, so whichever of us defines the class first wins
+    # and the other reuses it instead of declaring the table twice.
+    cls: Any = class_registry.get(name) or type(
+        name, (base, ModelBase), {"__tablename__": tablename}
+    )
+    table: sa.Table = cls.__table__
+    return table
+
+
+def model_tables() -> list[sa.Table]:
+    """kombu's and Celery's tables exactly as their models declare them."""
+    return [
+        _kombu_model("Queue", QueueBase, QUEUE_TABLE),
+        _kombu_model("Message", MessageBase, MESSAGE_TABLE),
+        ResultModelBase.metadata.tables[TASK_TABLE],
+        ResultModelBase.metadata.tables[GROUP_TABLE],
+    ]
+
+
+def build_metadata(schema: str = "public") -> sa.MetaData:
+    """The full schema at head: the model tables plus pgcelery's additions, in ``schema``."""
+    md = sa.MetaData()
+    target = None if schema == "public" else schema
+    for table in model_tables():
+        # Never RETAIN: Celery's backend mutates its model's schema when configured.
+        table.to_metadata(md, schema=cast(Any, target))
+    message = md.tables[f"{schema}.{MESSAGE_TABLE}" if target else MESSAGE_TABLE]
+    # Added by revision 0002 (the broker): claiming, leases and priorities.
+    message.append_column(sa.Column("priority", sa.SmallInteger, nullable=False))
+    message.append_column(
+        sa.Column(
+            "visible_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        )
+    )
+    message.append_column(sa.Column("lease_token", postgresql.UUID(as_uuid=True)))
+    message.append_column(
+        sa.Column("deliveries", sa.Integer, nullable=False, server_default=sa.text("0"))
+    )
+    sa.Index(
+        "ix_kombu_message_claim",
+        message.c.queue_id,
+        message.c.priority.desc(),
+        message.c.id,
+    )
+    return md
+
+
+@dataclass(frozen=True)
+class Names:
+    """Schema-qualified, quoted identifiers for raw SQL; the schema is a validated identifier."""
+
+    schema: str = "public"
+
+    def _q(self, name: str) -> str:
+        return f'"{self.schema}"."{name}"'
+
+    @cached_property
+    def queue(self) -> str:
+        return self._q(QUEUE_TABLE)
+
+    @cached_property
+    def message(self) -> str:
+        return self._q(MESSAGE_TABLE)
+
+    @cached_property
+    def task(self) -> str:
+        return self._q(TASK_TABLE)
+
+    @cached_property
+    def group(self) -> str:
+        return self._q(GROUP_TABLE)
+
+    @cached_property
+    def broadcast(self) -> str:
+        return self._q(BROADCAST_TABLE)
+
+    @cached_property
+    def worker(self) -> str:
+        return self._q(WORKER_TABLE)
+
+    def sequence(self, name: str) -> str:
+        return self._q(name)
+
+    @cached_property
+    def version_table(self) -> str:
+        return self._q(VERSION_TABLE)

@@ -1,0 +1,195 @@
+"""All configuration, read from the environment in one place and validated at start.
+
+``DATABASE_URL`` is the only required variable; everything else is ``PGCELERY_*`` with a
+production default. Invalid values raise :class:`~pgcelery.exceptions.ConfigurationError` naming
+the variable and the rule, and never echo the value (it may hold a password).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pgcelery import dsn
+from pgcelery.exceptions import ConfigurationError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$")
+_VIEW = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Settings(BaseSettings):
+    """pgcelery's settings; see docs/reference/settings.md for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGCELERY_",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    database_url: str = Field(
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="PostgreSQL URL for the broker, the result backend and pgcelery.db.",
+        repr=False,
+    )
+    schema_name: str = Field(
+        default="public",
+        validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name"),
+        description="Schema that holds the pgcelery tables.",
+    )
+    app_role: str = Field(
+        default="app_user",
+        description="Role granted access to the tables by the migrations, when it exists.",
+    )
+    visibility_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds a claimed message stays leased."
+    )
+    polling_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between broker polls when no NOTIFY."
+    )
+    listen: bool = Field(
+        default=True, description="Wake workers with LISTEN/NOTIFY; false for PgBouncer."
+    )
+    prefetch_multiplier: int = Field(default=1, ge=1, le=1000)
+    task_soft_time_limit: float = Field(default=300.0, gt=0)
+    task_time_limit: float = Field(default=330.0, gt=0)
+    result_expires: int = Field(default=86_400, gt=0, description="Seconds results are kept.")
+    soft_shutdown_timeout: float = Field(default=30.0, ge=0)
+    max_tasks_per_child: int | None = Field(default=10_000, ge=1)
+    max_memory_per_child: int | None = Field(
+        default=512_000, ge=1, description="Kilobytes of RSS before a prefork child is replaced."
+    )
+    db_pool_size: int = Field(default=5, ge=1, le=100)
+    db_max_overflow: int = Field(default=5, ge=0, le=100)
+    tenant_guc: str = Field(default="app.current_tenant_id")
+    correlation_guc: str = Field(default="app.correlation_id")
+    materialized_views: list[str] = Field(default_factory=list)
+    metrics_enabled: bool = Field(default=True)
+    metrics_host: str = Field(default="0.0.0.0")
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+    log_format: Literal["json", "text"] = Field(default="json")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO")
+    embedded_dir: str = Field(default=".pgcelery/pgdata")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        # sync_url raises ConfigurationError; pydantic would wrap a ValueError with the input,
+        # so let it propagate unchanged (it never contains the password).
+        dsn.sync_url(value)
+        return value
+
+    @field_validator("schema_name", "app_role")
+    @classmethod
+    def _check_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a plain SQL identifier (letters, digits, _; ≤ 63 chars)")
+        return value
+
+    @field_validator("tenant_guc", "correlation_guc")
+    @classmethod
+    def _check_guc(cls, value: str) -> str:
+        if not _GUC.match(value):
+            raise ValueError("must be a custom setting name with a dot, like app.current_tenant_id")
+        return value
+
+    @field_validator("materialized_views")
+    @classmethod
+    def _check_views(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _VIEW.match(name):
+                raise ValueError(f"{name!r} is not a view name like schema.view")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError(
+                "PGCELERY_TASK_TIME_LIMIT must be greater than PGCELERY_TASK_SOFT_TIME_LIMIT"
+            )
+        return self
+
+    @property
+    def sync_url(self) -> str:
+        return dsn.sync_url(self.database_url)
+
+    @property
+    def broker_url(self) -> str:
+        return dsn.broker_url(self.database_url)
+
+    @property
+    def result_backend_url(self) -> str:
+        return dsn.result_backend_url(self.database_url)
+
+    @property
+    def redacted_url(self) -> str:
+        return dsn.redact(self.database_url)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    if field.lower() == "database_url":
+        return "DATABASE_URL"
+    if field.lower() in ("schema_name", "pgcelery_schema"):
+        return "PGCELERY_SCHEMA"
+    return f"PGCELERY_{field.upper()}"
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            problems.append(message)
+            continue
+        variable = env_name(str(error["loc"][0]))
+        if error["type"] == "missing":
+            if variable == "DATABASE_URL":
+                problems.append(
+                    "DATABASE_URL is not set: set it to a PostgreSQL URL such as "
+                    "postgresql://user:password@host:5432/dbname"
+                )
+            else:
+                problems.append(f"{variable} is required")
+        else:
+            problems.append(message if variable in message else f"{variable} {message}")
+    return "Invalid configuration: " + "; ".join(problems)
+
+
+class MigrationSettings(BaseSettings):
+    """The subset of settings a migration needs; DATABASE_URL may come from elsewhere there.
+
+    A host application's Alembic run includes pgcelery's revisions without configuring pgcelery,
+    so the revisions read only these two variables.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PGCELERY_", case_sensitive=False, extra="ignore")
+
+    schema_name: str = Field(
+        default="public", validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name")
+    )
+    app_role: str = Field(default="app_user")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator("schema_name", "app_role")
+    @classmethod
+    def _check_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a plain SQL identifier (letters, digits, _; ≤ 63 chars)")
+        return value

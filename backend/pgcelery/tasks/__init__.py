@@ -1,0 +1,1 @@
+"""pgcelery's built-in tasks, included by every app ``create_app`` builds."""

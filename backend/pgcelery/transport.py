@@ -1,0 +1,392 @@
+"""pgcelery's kombu transport: a PostgreSQL queue that loses nothing and wakes in milliseconds.
+
+It serves the ``sqla+postgresql+psycopg://`` URL in place of kombu's stock SQLAlchemy transport
+(``create_app`` installs it; see :func:`install`) on the tables the migrations create:
+
+* claim up to the prefetch window in one ``UPDATE … FOR UPDATE SKIP LOCKED`` statement, highest
+  ``priority`` (0-9, 9 most urgent) first, then oldest;
+* every claim carries a lease (``visible_at``) and a per-delivery ``lease_token``; a thread renews
+  the leases of everything the worker holds unacked, and a message whose worker died becomes
+  claimable again when its lease runs out;
+* acks delete the row, fenced by the token, so a worker that lost its lease cannot ack or renew a
+  message that was handed to someone else;
+* an insert trigger NOTIFYs; workers LISTEN (or poll, for PgBouncer transaction pooling).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from queue import Empty
+from time import monotonic
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+
+from pgcelery import dsn
+from pgcelery.leases import LeaseRenewer
+from pgcelery.notify import listener
+from pgcelery.schema import MESSAGE_CHANNEL, Names
+
+log = logging.getLogger(__name__)
+
+#: The caller's open database connection, while ``enqueue_using`` is active: messages published
+#: on this thread are inserted in the caller's transaction instead of being committed at once.
+_ENQUEUE_CONNECTION: contextvars.ContextVar[psycopg.Connection[Any] | None] = (
+    contextvars.ContextVar("pgcelery_enqueue_connection", default=None)
+)
+MAX_BATCH = 100
+
+
+@contextmanager
+def enqueue_using(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """Publish on ``connection`` (in its open transaction) for the duration of the block."""
+    token = _ENQUEUE_CONNECTION.set(connection)
+    try:
+        yield
+    finally:
+        _ENQUEUE_CONNECTION.reset(token)
+
+
+def _tag(message_id: int, token: uuid.UUID | str) -> str:
+    return f"pgcelery:{message_id}:{token}"
+
+
+def _parse_tag(tag: str) -> tuple[int, str] | None:
+    if not isinstance(tag, str) or not tag.startswith("pgcelery:"):
+        return None
+    _, message_id, token = tag.split(":", 2)
+    return int(message_id), token
+
+
+class QoS(virtual.QoS):
+    """Unacked messages are handed back in one statement, not re-published one by one."""
+
+    def restore_unacked(self) -> list[Any]:
+        self._flush()
+        tags = [tag for tag in self._delivered if tag not in self._dirty]
+        self._delivered.clear()
+        self.channel._release(tags)
+        return []
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    from_transport_options = (
+        *virtual.Channel.from_transport_options,
+        "visibility_timeout",
+        "polling_interval",
+        "listen",
+        "schema",
+    )
+    visibility_timeout: float = 30.0
+    polling_interval: float = 1.0
+    listen: bool = True
+    schema: str = "public"
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.names = Names(self.schema)
+        self._conninfo = dsn.libpq_url(connection.client.hostname)
+        self._db: psycopg.Connection[Any] | None = None
+        self._db_lock = threading.Lock()
+        self._queue_ids: dict[str, int] = {}
+        self._queue_names: dict[int, str] = {}
+        self._renewer: LeaseRenewer | None = None
+        self._sql_claim = (
+            f"WITH c AS (SELECT id FROM {self.names.message}"
+            " WHERE queue_id = ANY(%s) AND visible AND visible_at <= now()"
+            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {self.names.message} m"
+            " SET visible_at = now() + make_interval(secs => %s),"
+            " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1"
+            " FROM c WHERE m.id = c.id"
+            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload"
+        )
+        self._sql_put = (
+            f"INSERT INTO {self.names.message}"
+            " (id, visible, timestamp, payload, version, queue_id, priority)"
+            f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
+            " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s)"
+        )
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        db = self._db
+        if db is None or db.closed:
+            with self._db_lock:
+                db = self._db
+                if db is None or db.closed:
+                    db = self._db = psycopg.connect(self._conninfo, autocommit=True)
+        return db
+
+    def _execute(self, query: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
+        try:
+            return self._conn().execute(query, params)
+        except psycopg.OperationalError:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        with self._db_lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def _queue_id(self, queue: str, db: psycopg.Connection[Any] | None = None) -> int:
+        found = self._queue_ids.get(queue)
+        if found is not None:
+            return found
+        sql = (
+            f"WITH ins AS (INSERT INTO {self.names.queue} (id, name)"
+            f" SELECT nextval('{self.names.sequence('queue_id_sequence')}'), %s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {self.names.queue} WHERE name = %s)"
+            " ON CONFLICT (name) DO NOTHING RETURNING id)"
+            f" SELECT id FROM ins UNION ALL SELECT id FROM {self.names.queue} WHERE name = %s"
+        )
+        params = (queue, queue, queue)
+        row = (db.execute(sql, params) if db else self._execute(sql, params)).fetchone()
+        if row is None:  # lost a race with a concurrent insert that has not committed yet
+            row = self._execute(f"SELECT id FROM {self.names.queue} WHERE name = %s", (queue,))
+            row = row.fetchone()
+        assert row is not None
+        queue_id = int(row[0])
+        if db is not None:
+            # Created inside the caller's transaction, which may still roll back: don't cache.
+            return queue_id
+        self._queue_ids[queue] = queue_id
+        self._queue_names[queue_id] = queue
+        return queue_id
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self._queue_id(queue, _ENQUEUE_CONNECTION.get())
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        row = self._execute(f"SELECT 1 FROM {self.names.queue} WHERE name = %s", (queue,))
+        return row.fetchone() is not None
+
+    def _size(self, queue: str) -> int:
+        row = self._execute(
+            f"SELECT count(*) FROM {self.names.message}"
+            " WHERE queue_id = %s AND visible AND visible_at <= now()",
+            (self._queue_id(queue),),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _purge(self, queue: str) -> int:
+        cur = self._execute(
+            f"DELETE FROM {self.names.message}"
+            " WHERE queue_id = %s AND visible AND visible_at <= now()",
+            (self._queue_id(queue),),
+        )
+        return cur.rowcount
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._purge(queue)
+
+    # -- publish -----------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        priority = self._get_message_priority(message, reverse=False)
+        payload = dumps(message)
+        outer = _ENQUEUE_CONNECTION.get()
+        if outer is not None:
+            outer.execute(self._sql_put, (payload, self._queue_id(queue, outer), priority))
+            return
+        self._execute(self._sql_put, (payload, self._queue_id(queue), priority))
+
+    # -- consume -----------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        # LISTEN before the first claim, so no wake-up can fall between the two.
+        self.connection._ensure_listening()
+        self._queue_id(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _claim(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
+        ids = [self._queue_id(q) for q in queues]
+        rows = self._execute(self._sql_claim, (ids, limit, self.visibility_timeout)).fetchall()
+        claimed = []
+        for message_id, queue_id, token, deliveries, raw in rows:
+            payload = loads(raw)
+            tag = _tag(message_id, token)
+            props = payload.setdefault("properties", {})
+            props["delivery_tag"] = tag
+            info = props.setdefault("delivery_info", {})
+            info["redelivered"] = deliveries > 1
+            claimed.append((self._queue_names.get(queue_id, ""), payload))
+            self._lease_renewer().hold(message_id, token)
+        return claimed
+
+    def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
+        estimate = self.qos.can_consume_max_estimate()
+        limit = MAX_BATCH if estimate is None else max(1, min(estimate, MAX_BATCH))
+        claimed = self._claim(list(dict.fromkeys(queues)), limit)
+        if not claimed:
+            raise Empty()
+        for queue, payload in claimed:
+            self.connection._deliver(payload, queue)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        claimed = self._claim([queue], 1)
+        if not claimed:
+            raise Empty()
+        return claimed[0][1]
+
+    def _lease_renewer(self) -> LeaseRenewer:
+        if self._renewer is None:
+            self._renewer = LeaseRenewer(self._conninfo, self.names, self.visibility_timeout)
+        return self._renewer
+
+    # -- ack, reject, restore ----------------------------------------------------------------
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        parsed = _parse_tag(delivery_tag)
+        if parsed is not None:
+            message_id, token = parsed
+            cur = self._execute(
+                f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s",
+                (message_id, token),
+            )
+            self._forget(message_id)
+            if cur.rowcount == 0:
+                log.warning("pgcelery.broker.ack_lost_lease", extra={"message_id": message_id})
+        super().basic_ack(delivery_tag)
+        self.connection._wake.set()
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        parsed = _parse_tag(delivery_tag)
+        if parsed is not None:
+            message_id, token = parsed
+            if requeue:
+                self._release([delivery_tag])
+            else:
+                self._execute(
+                    f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s",
+                    (message_id, token),
+                )
+                self._forget(message_id)
+        self.qos.reject(delivery_tag, requeue=False)
+        self.connection._wake.set()
+
+    def _restore(self, message: Any) -> None:
+        self._release([message.delivery_tag])
+
+    def _release(self, tags: list[str]) -> None:
+        """Make the messages behind ``tags`` claimable again at once (lease given back)."""
+        pairs = [p for p in map(_parse_tag, tags) if p is not None]
+        if not pairs:
+            return
+        self._execute(
+            f"UPDATE {self.names.message} m SET visible_at = now(), lease_token = NULL"
+            " FROM unnest(%s::int[], %s::uuid[]) AS r(id, token)"
+            " WHERE m.id = r.id AND m.lease_token = r.token",
+            ([p[0] for p in pairs], [p[1] for p in pairs]),
+        )
+        for message_id, _ in pairs:
+            self._forget(message_id)
+
+    def _forget(self, message_id: int) -> None:
+        if self._renewer is not None:
+            self._renewer.release(message_id)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._renewer is not None:
+                self._renewer.stop()
+            self._drop_connection()
+
+
+class Transport(virtual.Transport):
+    """kombu transport for ``sqla+postgresql+psycopg://`` URLs, backed by pgcelery's tables."""
+
+    Channel = Channel
+    can_parse_url = True
+    default_port = 0
+    driver_type = "sql"
+    driver_name = "pgcelery"
+    polling_interval = 1.0
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False, exchange_type=frozenset(["direct", "topic"]), heartbeats=False
+    )
+    connection_errors = (
+        *virtual.Transport.connection_errors,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+    )
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._wake = threading.Event()
+        self._listening = False
+        options = client.transport_options
+        self._listen = bool(options.get("listen", True))
+
+    def driver_version(self) -> str:
+        return str(psycopg.__version__)
+
+    def establish_connection(self) -> Any:
+        # Connect now, so an unreachable database is a connection error that Celery retries,
+        # not a failure at the first publish or claim.
+        channel = self.create_channel(self)
+        channel._conn()
+        self._avail_channels.append(channel)
+        return self
+
+    def _ensure_listening(self) -> None:
+        if self._listening or not self._listen:
+            return
+        conninfo = dsn.libpq_url(self.client.hostname)
+        listener(conninfo).subscribe(MESSAGE_CHANNEL, self._on_notify)
+        self._listening = True
+
+    def _on_notify(self, payload: str | None) -> None:
+        self._wake.set()
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        end = None if timeout is None else monotonic() + timeout
+        while True:
+            self._wake.clear()
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            wait = self.polling_interval
+            if end is not None:
+                remaining = end - monotonic()
+                if remaining <= 0:
+                    raise TimeoutError()
+                wait = min(wait, remaining)
+            self._wake.wait(wait)
+
+
+def install() -> None:
+    """Serve ``sqla+…`` URLs with this transport, process-wide (idempotent).
+
+    kombu picks the transport from the URL prefix, which wins over ``Connection(transport=…)``
+    and ``broker_transport``, so the alias itself is repointed. A plain kombu ``Connection`` to
+    a ``sqla+postgresql+psycopg://`` URL uses this transport once this has run.
+    """
+    import kombu.transport as kombu_transport
+
+    path = f"{__name__}:Transport"
+    if kombu_transport.TRANSPORT_ALIASES.get("sqla") != path:
+        kombu_transport.TRANSPORT_ALIASES["sqla"] = path
+        kombu_transport.TRANSPORT_ALIASES["sqlalchemy"] = path
+        kombu_transport._transport_cache.pop("sqla", None)
+        kombu_transport._transport_cache.pop("sqlalchemy", None)

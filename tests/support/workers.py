@@ -1,0 +1,80 @@
+"""Real Celery workers for the tests: in-process, and subprocesses run like the Procfile's."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def procfile_worker_command() -> list[str]:
+    """The ``worker:`` line of the Procfile, split into argv."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("worker:"):
+            return shlex.split(line.partition(":")[2])
+    raise AssertionError("Procfile has no worker: entry")
+
+
+class WorkerProcess:
+    """A worker subprocess whose combined output is captured to a file."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(tempfile.mkstemp(prefix="pgcelery-worker-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        bin_dir = str(Path(sys.executable).parent)
+        full_env = {**os.environ, **env, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+        full_env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'backend'}"
+        self.proc = subprocess.Popen(
+            self.argv, env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def worker_process(
+    database_url: str,
+    argv: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[WorkerProcess]:
+    """Run a worker subprocess (default: the Procfile's command) against ``database_url``."""
+    command = list(argv) if argv is not None else procfile_worker_command()
+    extra = {"DATABASE_URL": database_url, "PGCELERY_METRICS_ENABLED": "false", **(env or {})}
+    worker = WorkerProcess(command, extra)
+    try:
+        yield worker
+    finally:
+        worker.stop()
