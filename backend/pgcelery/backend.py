@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import cached_property
 from time import monotonic
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from celery import states
 from celery.backends.database import DatabaseBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.encoding import ensure_bytes
+from psycopg_pool import PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgcelery import dsn
+from pgcelery import connections, dsn
 from pgcelery.notify import listener
-from pgcelery.schema import RESULT_CHANNEL
+from pgcelery.schema import RESULT_CHANNEL, Names
+
+#: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
+RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 _ENGINES: dict[tuple[int, str], tuple[sa.Engine, sessionmaker[Session]]] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -91,8 +97,7 @@ class PgBackend(DatabaseBackend):
         return factory()
 
     def on_backend_retryable_error(self, exc: Exception) -> None:
-        engine, _ = _engine(self._sync_url, {})
-        engine.dispose()
+        connections.reset(self._conninfo)
 
     def _store_result(
         self,
@@ -106,35 +111,49 @@ class PgBackend(DatabaseBackend):
         # Let Celery fill a detached row object, so the encoding of every column is its own.
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
-        values = {
-            column.name: getattr(row, column.name)
-            for column in self._task_table.columns
-            if column.name not in ("id", "task_id")
-        }
-        values["date_done"] = sa.func.timezone("UTC", sa.func.now())
-        table = self._task_table
-        update = (
-            table.update()
-            .where(table.c.task_id == task_id, table.c.status != states.SUCCESS)
-            .values(**values)
-        )
-        sequence = self.task_cls.id.default
-        insert = (
-            sa.dialects.postgresql.insert(table)
-            .values(id=sequence.next_value(), task_id=task_id, **values)
-            .on_conflict_do_nothing(index_elements=["task_id"])
-        )
-        engine, _ = _engine(self._sync_url, self._engine_options())
-        with engine.begin() as connection:
-            if connection.execute(update).rowcount:
-                return
-            if connection.execute(insert).rowcount:
-                return
-            # A row appeared since the UPDATE (a concurrent first write): try once more.
-            connection.execute(update)
+        values = [getattr(row, name) for name in self._columns]
+        with connections.pool(self._conninfo).connection() as conn:
+            conn.execute(self._sql_upsert, (task_id, *values))
 
-    def _engine_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.engine_options.items() if k != "poolclass"}
+    @cached_property
+    def _columns(self) -> tuple[str, ...]:
+        skip = {"id", "task_id", "date_done"}
+        return tuple(c.name for c in self._task_table.columns if c.name not in skip)
+
+    @cached_property
+    def _sql_upsert(self) -> str:
+        # One statement, one round trip: insert, or update unless a SUCCESS is already stored
+        # (Celery's rule: a repeated run never replaces a stored result).
+        names = Names(self._task_table.schema or "public")
+        columns = ", ".join(f'"{c}"' for c in self._columns)
+        params = ", ".join(["%s"] * len(self._columns))
+        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*self._columns, "date_done"))
+        return (
+            f"INSERT INTO {names.task} AS t (id, task_id, {columns}, date_done)"
+            f" VALUES (nextval('{names.sequence('task_id_sequence')}'), %s, {params},"
+            " now() AT TIME ZONE 'UTC')"
+            f" ON CONFLICT (task_id) DO UPDATE SET {updates} WHERE t.status <> 'SUCCESS'"
+        )
+
+    @cached_property
+    def _sql_select(self) -> str:
+        names = Names(self._task_table.schema or "public")
+        columns = ", ".join(f'"{c.name}"' for c in self._task_table.columns)
+        return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
+
+    def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
+        # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
+        with connections.pool(self._conninfo).connection() as conn:
+            found = conn.execute(self._sql_select, (task_id,)).fetchone()
+        if found is None:
+            return None
+        row = self.task_cls(task_id)
+        for column, value in zip(self._task_table.columns, found, strict=True):
+            setattr(row, column.name, value)
+        return row
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, RETRYABLE) or bool(super().exception_safe_to_retry(exc))
 
     def _decode_stored_result(self, payload: Any) -> Any:
         # Stock falls back to pickle.loads for rows that do not decode: never unpickle here.

@@ -62,7 +62,7 @@ class LeaseRenewer:
         rows = self._db.execute(
             f"UPDATE {self._names.message} m"
             " SET visible_at = now() + make_interval(secs => %s)"
-            " FROM unnest(%s::int[], %s::uuid[]) AS r(id, token)"
+            " FROM unnest(%s::bigint[], %s::uuid[]) AS r(id, token)"
             " WHERE m.id = r.id AND m.lease_token = r.token RETURNING m.id",
             (self._timeout, list(held), list(held.values())),
         ).fetchall()

@@ -59,7 +59,14 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
     for table in model_tables():
         # Never RETAIN: Celery's backend mutates its model's schema when configured.
         table.to_metadata(md, schema=cast(Any, target))
-    message = md.tables[f"{schema}.{MESSAGE_TABLE}" if target else MESSAGE_TABLE]
+
+    def named(name: str) -> sa.Table:
+        return md.tables[f"{schema}.{name}" if target else name]
+
+    # Revision 0002 widens the 32-bit ids of the busy tables (see there).
+    for name in (MESSAGE_TABLE, TASK_TABLE, GROUP_TABLE):
+        named(name).c.id.type = sa.BigInteger()
+    message = named(MESSAGE_TABLE)
     # Added by revision 0002 (the broker): claiming, leases and priorities.
     message.append_column(sa.Column("priority", sa.SmallInteger, nullable=False))
     message.append_column(

@@ -289,7 +289,7 @@ class Channel(virtual.Channel):
             return
         self._execute(
             f"UPDATE {self.names.message} m SET visible_at = now(), lease_token = NULL"
-            " FROM unnest(%s::int[], %s::uuid[]) AS r(id, token)"
+            " FROM unnest(%s::bigint[], %s::uuid[]) AS r(id, token)"
             " WHERE m.id = r.id AND m.lease_token = r.token",
             ([p[0] for p in pairs], [p[1] for p in pairs]),
         )

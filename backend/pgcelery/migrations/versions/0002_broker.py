@@ -16,6 +16,8 @@ from sqlalchemy.dialects import postgresql
 from pgcelery.schema import MESSAGE_CHANNEL, RESULT_CHANNEL
 from pgcelery.settings import MigrationSettings
 
+BIGINT_IDS = ("kombu_message", "celery_taskmeta", "celery_tasksetmeta")
+
 revision: str = "0002_broker"
 down_revision: str | None = "0001_initial"
 branch_labels: str | Sequence[str] | None = None
@@ -25,6 +27,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     schema = MigrationSettings().schema_name
     q = f'"{schema}"'
+    # kombu's and Celery's models declare 32-bit ids: at 1,000 tasks/s the sequences would pass
+    # 2^31 within weeks. The sequences are already 64-bit; widen the columns.
+    for table in BIGINT_IDS:
+        op.alter_column(table, "id", type_=sa.BigInteger(), schema=schema)
     # Leave priority without a default: the trigger below fills it from the payload for
     # producers that do not set it (stock kombu), and pgcelery's transport always sets it.
     op.add_column("kombu_message", sa.Column("priority", sa.SmallInteger()), schema=schema)
@@ -113,3 +119,5 @@ DROP FUNCTION {q}.pgcelery_message_defaults();
     op.drop_index("ix_kombu_message_claim", table_name="kombu_message", schema=schema)
     for column in ("deliveries", "lease_token", "visible_at", "priority"):
         op.drop_column("kombu_message", column, schema=schema)
+    for table in BIGINT_IDS:
+        op.alter_column(table, "id", type_=sa.Integer(), schema=schema)
