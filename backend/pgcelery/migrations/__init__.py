@@ -8,6 +8,7 @@ revisions through ``version_locations`` instead (docs/howto/migrations.md).
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ def config(database_url: str | None = None) -> Config:
     return cfg
 
 
+@cache
 def head() -> str:
     """The revision the code expects the database to be at."""
     heads = ScriptDirectory.from_config(config()).get_heads()
@@ -42,9 +44,10 @@ def head() -> str:
     return str(heads[0])
 
 
-def revisions() -> set[str]:
+@cache
+def revisions() -> frozenset[str]:
     """Every revision id pgcelery ships."""
-    return {rev.revision for rev in ScriptDirectory.from_config(config()).walk_revisions()}
+    return frozenset(rev.revision for rev in ScriptDirectory.from_config(config()).walk_revisions())
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
