@@ -54,7 +54,9 @@ def model_tables() -> list[sa.Table]:
 
 def build_metadata(schema: str = "public") -> sa.MetaData:
     """The full schema at head: the model tables plus pgcelery's additions, in ``schema``."""
-    md = sa.MetaData()
+    # The default "ix_%(column_0_label)s" puts the schema into index names ("ix_jobs_kombu_…")
+    # when the tables are not in public; the migrations name them the same in every schema.
+    md = sa.MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_name)s"})
     target = None if schema == "public" else schema
     for table in model_tables():
         # Never RETAIN: Celery's backend mutates its model's schema when configured.

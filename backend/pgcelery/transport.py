@@ -34,6 +34,7 @@ from pgcelery import dsn
 from pgcelery.leases import LeaseRenewer
 from pgcelery.notify import listener
 from pgcelery.schema import MESSAGE_CHANNEL, Names
+from pgcelery.schema_check import check_schema
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,9 @@ class Transport(virtual.Transport):
 
     def establish_connection(self) -> Any:
         # Connect now, so an unreachable database is a connection error that Celery retries,
-        # not a failure at the first publish or claim.
+        # not a failure at the first publish or claim; and refuse a database that is not
+        # migrated to head (SchemaError is not a connection error, so nothing retries it).
+        check_schema(self.client.hostname, self.client.transport_options.get("schema", "public"))
         channel = self.create_channel(self)
         channel._conn()
         self._avail_channels.append(channel)

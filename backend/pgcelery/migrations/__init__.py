@@ -8,7 +8,10 @@ revisions through ``version_locations`` instead (docs/howto/migrations.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -16,12 +19,35 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from pgcelery import dsn
-from pgcelery.schema import VERSION_TABLE
+from pgcelery.exceptions import ConfigurationError
+from pgcelery.schema import (
+    BROADCAST_TABLE,
+    GROUP_TABLE,
+    MESSAGE_TABLE,
+    QUEUE_TABLE,
+    TASK_TABLE,
+    VERSION_TABLE,
+    WORKER_TABLE,
+)
 from pgcelery.settings import MigrationSettings
 
 HERE = Path(__file__).resolve().parent
 VERSIONS = HERE / "versions"
 BRANCH = "pgcelery"
+#: Where a host application's Alembic history records revisions, pgcelery's included.
+HOST_VERSION_TABLE = "alembic_version"
+PGCELERY_TABLES = frozenset(
+    {
+        QUEUE_TABLE,
+        MESSAGE_TABLE,
+        TASK_TABLE,
+        GROUP_TABLE,
+        BROADCAST_TABLE,
+        WORKER_TABLE,
+        VERSION_TABLE,
+    }
+)
+T = TypeVar("T")
 
 
 def config(database_url: str | None = None) -> Config:
@@ -35,6 +61,7 @@ def config(database_url: str | None = None) -> Config:
     return cfg
 
 
+@cache
 def head() -> str:
     """The revision the code expects the database to be at."""
     heads = ScriptDirectory.from_config(config()).get_heads()
@@ -42,13 +69,25 @@ def head() -> str:
     return str(heads[0])
 
 
-def revisions() -> set[str]:
+@cache
+def revisions() -> frozenset[str]:
     """Every revision id pgcelery ships."""
-    return {rev.revision for rev in ScriptDirectory.from_config(config()).walk_revisions()}
+    return frozenset(rev.revision for rev in ScriptDirectory.from_config(config()).walk_revisions())
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database at ``database_url`` up to ``revision`` (idempotent)."""
+    """Bring the database at ``database_url`` up to ``revision`` (idempotent).
+
+    Refuses a database whose pgcelery revisions a host application's Alembic history records:
+    running them again under pgcelery's own version table would try to create every table twice.
+    """
+    found = _on_url(database_url, lambda connection: _recorded(connection, _schema()))
+    if found is not None and found[1] == HOST_VERSION_TABLE:
+        raise ConfigurationError(
+            f"pgcelery's revisions in {dsn.redact(database_url)} are recorded in the host "
+            f"application's {HOST_VERSION_TABLE} (database at {found[0]}): run `alembic "
+            "upgrade heads` in the host project instead of `pgcelery migrate`"
+        )
     command.upgrade(config(database_url), revision)
 
 
@@ -57,16 +96,14 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(config(database_url), revision)
 
 
-def current_on(connection: sa.Connection, schema: str | None = None) -> str | None:
-    """The pgcelery revision the connected database is at, or ``None`` if never migrated.
+def _schema() -> str:
+    return MigrationSettings().schema_name
 
-    Looks in pgcelery's version table first, then in a host application's ``alembic_version``
-    (where the revisions land when the host includes them in its own history).
-    """
-    schema = schema or MigrationSettings().schema_name
+
+def _recorded(connection: sa.Connection, schema: str) -> tuple[str, str] | None:
+    """(pgcelery revision, version table it is recorded in), or ``None`` if never migrated."""
     ours = revisions()
-    candidates = [(schema, VERSION_TABLE), (None, "alembic_version")]
-    for table_schema, table in candidates:
+    for table_schema, table in ((schema, VERSION_TABLE), (None, HOST_VERSION_TABLE)):
         qualified = f'"{table_schema}"."{table}"' if table_schema else f'"{table}"'
         exists = connection.execute(
             sa.text("SELECT to_regclass(:name)"), {"name": qualified}
@@ -76,15 +113,34 @@ def current_on(connection: sa.Connection, schema: str | None = None) -> str | No
         found = connection.execute(sa.text(f"SELECT version_num FROM {qualified}")).scalars()
         mine = [rev for rev in found if rev in ours]
         if mine:
-            return str(mine[0])
+            return str(mine[0]), table
     return None
+
+
+def current_on(connection: sa.Connection, schema: str | None = None) -> str | None:
+    """The pgcelery revision the connected database is at, or ``None`` if never migrated.
+
+    Looks in pgcelery's version table first, then in a host application's ``alembic_version``
+    (where the revisions land when the host includes them in its own history).
+    """
+    found = _recorded(connection, schema or _schema())
+    return found[0] if found else None
+
+
+def _on_url(database_url: str, read: Callable[[sa.Connection], T]) -> T:
+    engine = sa.create_engine(dsn.sync_url(database_url), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            return read(connection)
+    finally:
+        engine.dispose()
 
 
 def current(database_url: str) -> str | None:
     """The pgcelery revision the database at ``database_url`` is at, or ``None``."""
-    engine = sa.create_engine(dsn.sync_url(database_url), poolclass=sa.NullPool)
-    try:
-        with engine.connect() as connection:
-            return current_on(connection)
-    finally:
-        engine.dispose()
+    return _on_url(database_url, current_on)
+
+
+def exclude_pgcelery(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """``include_name`` for a host's autogenerate: leave pgcelery's tables out of the diff."""
+    return not (type_ == "table" and name in PGCELERY_TABLES)

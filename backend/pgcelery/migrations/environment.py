@@ -38,7 +38,11 @@ def run() -> None:
         "compare_server_default": True,
     }
     if context.is_offline_mode():
-        context.configure(url=_url(), literal_binds=True, **options)
+        # Named paramstyle: the pyformat default would double every % in the rendered SQL
+        # (format('%I') in the grants), which psql then runs verbatim.
+        context.configure(
+            url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"}, **options
+        )
         with context.begin_transaction():
             context.run_migrations()
         return

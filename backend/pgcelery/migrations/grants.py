@@ -3,6 +3,12 @@
 Used by revisions: the role name comes from ``PGCELERY_APP_ROLE`` and is a validated identifier;
 it is quoted with ``format('%I')`` inside the DO block so it works in offline (``--sql``) mode
 too, where the migration cannot ask the database whether the role exists.
+
+What the role needs, and why nothing more: table DML for publishing, claiming, acking and
+storing results; ``USAGE`` on the id sequences (``nextval``, never ``setval``/``currval``);
+``USAGE`` on the schema (never ``CREATE``); and ``SELECT`` on the Alembic version table so a
+worker can refuse a database that is not at head. Trigger functions and ``pg_notify`` need no
+grant: triggers run whatever the inserting role, and ``pg_notify`` is executable by PUBLIC.
 """
 
 from __future__ import annotations
@@ -18,12 +24,28 @@ def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _version_table_statement(role: str) -> str:
+    """``SELECT`` on whichever version table this run records into (pgcelery's or a host's)."""
+    context = op.get_context()
+    table = _quote_literal(context.version_table)
+    if context.version_table_schema:
+        qualified = f"format('%I.%I', {_quote_literal(context.version_table_schema)}, {table})"
+    else:
+        qualified = f"format('%I', {table})"
+    return (
+        f"IF to_regclass({qualified}) IS NOT NULL THEN\n"
+        f"      EXECUTE format('GRANT SELECT ON TABLE %s TO %I', {qualified}, {role});\n"
+        "    END IF;"
+    )
+
+
 def grant(
     tables: Iterable[tuple[str, str]],
     sequences: Iterable[str] = (),
-    functions: Iterable[str] = (),
+    version_table: bool = False,
 ) -> None:
-    """Grant ``(table, privileges)`` pairs, and USAGE on sequences, to the app role if it exists."""
+    """Grant ``(table, privileges)`` pairs, ``USAGE`` on ``sequences`` and, with
+    ``version_table``, ``SELECT`` on the version table, to the app role if it exists."""
     settings = MigrationSettings()
     role = _quote_literal(settings.app_role)
     schema = _quote_literal(settings.schema_name)
@@ -35,14 +57,11 @@ def grant(
         )
     for sequence in sequences:
         statements.append(
-            f"EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %I.%I TO %I', "
+            f"EXECUTE format('GRANT USAGE ON SEQUENCE %I.%I TO %I', "
             f"{schema}, {_quote_literal(sequence)}, {role});"
         )
-    for function in functions:
-        statements.append(
-            f"EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%s TO %I', "
-            f"{schema}, {_quote_literal(function)}, {role});"
-        )
+    if version_table:
+        statements.append(_version_table_statement(role))
     body = "\n    ".join(statements)
     op.execute(
         f"""DO $grant$

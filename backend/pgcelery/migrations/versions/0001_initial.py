@@ -99,6 +99,7 @@ def upgrade() -> None:
             ("celery_tasksetmeta", "SELECT, INSERT, UPDATE, DELETE"),
         ],
         sequences=SEQUENCES,
+        version_table=True,
     )
 
 
