@@ -15,6 +15,7 @@ from pgcelery.exceptions import (
     SchemaNotMigrated,
     TenantRequired,
 )
+from pgcelery.transactional import enqueue_in, send_in_transaction
 
 __all__ = [
     "ConfigurationError",
@@ -25,5 +26,7 @@ __all__ = [
     "SchemaNotMigrated",
     "TenantRequired",
     "create_app",
+    "enqueue_in",
+    "send_in_transaction",
 ]
 __version__ = "0.1.0"

@@ -74,7 +74,14 @@ class QoS(virtual.QoS):
         self._flush()
         tags = [tag for tag in self._delivered if tag not in self._dirty]
         self._delivered.clear()
-        self.channel._release(tags)
+        try:
+            self.channel._release(tags)
+        except psycopg.Error as exc:
+            # The leases run out by themselves; the messages come back then instead of now.
+            log.warning(
+                "pgcelery.broker.release_failed",
+                extra={"count": len(tags), "error": type(exc).__name__},
+            )
         return []
 
 
