@@ -27,7 +27,13 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asc
 def secret_forms(password: str) -> set[str]:
     """Every spelling of ``password`` that may show up in text."""
     decoded = unquote(password)
-    forms = {password, decoded, quote(decoded, safe=""), quote_plus(decoded, safe="")}
+    forms = {
+        password,
+        decoded,
+        quote(decoded),
+        quote(decoded, safe=""),
+        quote_plus(decoded, safe=""),
+    }
     return {form for form in forms if form}
 
 
