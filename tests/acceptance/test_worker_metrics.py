@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from celery import Celery
 
 from pgcelery import create_app
@@ -32,10 +33,14 @@ def _scrape(port: int) -> str:
     return body if status == 200 else ""
 
 
-def test_metrics_count_successes_and_failures(database_url: str) -> None:
+@pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2)])
+def test_metrics_count_successes_and_failures(
+    database_url: str, pool: str, concurrency: int
+) -> None:
     port = free_port()
     client = _client(database_url)
-    with worker_process(database_url, _worker_argv("solo", 1), metrics_worker_env(port)) as worker:
+    argv = _worker_argv(pool, concurrency)
+    with worker_process(database_url, argv, metrics_worker_env(port)) as worker:
         results = [client.send_task("tests.add", (i, i)) for i in range(3)]
         assert [r.get(timeout=TIMEOUT) for r in results] == [0, 2, 4]
         failing = client.send_task("tests.fail", ("no luck",))
