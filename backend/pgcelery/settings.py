@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(default=True)
     metrics_host: str = Field(default="0.0.0.0")
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    health_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds a /health check (and a /metrics broker query) may take.",
+    )
     log_format: Literal["json", "text"] = Field(default="json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO")
     embedded_dir: str = Field(default=".pgcelery/pgdata")

@@ -78,3 +78,36 @@ def worker_process(
         yield worker
     finally:
         worker.stop()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for a worker's metrics server."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, str]:
+    """``GET http://127.0.0.1:<port><path>``: (status, body); (0, error) when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def metrics_worker_env(port: int, **extra: str) -> dict[str, str]:
+    """Environment for a worker subprocess that serves /metrics and /health on ``port``."""
+    return {
+        "PGCELERY_METRICS_ENABLED": "true",
+        "PGCELERY_METRICS_HOST": "127.0.0.1",
+        "PGCELERY_METRICS_PORT": str(port),
+        **extra,
+    }

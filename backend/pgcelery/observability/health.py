@@ -1,0 +1,201 @@
+"""Health checks for ``/health`` and the broker statistics for ``/metrics``.
+
+Three checks, in order: ``database`` (PostgreSQL answers), ``broker`` (the queue and message
+tables are readable) and ``schema`` (the database is at the code's migration head). Each run
+uses one pooled connection and one transaction bounded by a short ``statement_timeout``, cheap
+enough to probe every second. Reasons name the problem and never carry the password.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from pgcelery import migrations
+from pgcelery.observability.metrics import QueueStats
+from pgcelery.observability.redaction import scrub
+from pgcelery.schema import Names
+from pgcelery.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHECKS = ("database", "broker", "schema")
+# Queues Celery creates per client or per node for remote control and events: unbounded names.
+_INTERNAL_QUEUE_PATTERNS = ("%.pidbox", "celeryev.%", "celery@%")
+_MAX_REASON = 300
+
+Status = Literal["ok", "fail", "skipped"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: Status
+    detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"status": self.status, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    checks: dict[str, CheckResult]
+    duration: float
+    checked_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.status == "ok" for check in self.checks.values())
+
+    @property
+    def failing(self) -> list[str]:
+        return [name for name, check in self.checks.items() if check.status == "fail"]
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "ok" if self.ok else "fail",
+            "checks": {name: check.as_json() for name, check in self.checks.items()},
+        }
+        if not self.ok:
+            body["failing"] = self.failing
+        return body
+
+
+@functools.cache
+def _head() -> str:
+    return migrations.head()
+
+
+def _reason(exc: BaseException) -> str:
+    # psycopg puts the server's message on the first line; the rest is hints and context.
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = first[0] if first else ""
+    return scrub(f"{type(exc).__name__}: {text}"[:_MAX_REASON])
+
+
+class DatabaseProbe:
+    """Runs the health checks and the broker statistics on a small pool of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.names = Names(settings.schema_name)
+        self.schema = settings.schema_name
+        self.timeout_ms = max(1, round(settings.health_timeout * 1000))
+        self.engine = sa.create_engine(
+            settings.sync_url,
+            pool_size=1,
+            max_overflow=2,
+            pool_timeout=settings.health_timeout,
+            # libpq counts whole seconds and treats anything below 2 as 2.
+            connect_args={"connect_timeout": max(2, math.ceil(settings.health_timeout))},
+        )
+        self._lock = threading.Lock()
+        self.last: HealthReport | None = None
+
+    def _transaction(self, body: Callable[[sa.Connection], Any]) -> Any:
+        with self.engine.connect() as connection, connection.begin():
+            connection.execute(
+                sa.text("SELECT set_config('statement_timeout', :ms, true)"),
+                {"ms": str(self.timeout_ms)},
+            )
+            return body(connection)
+
+    def check(self) -> HealthReport:
+        """Run all three checks now; remembered as :attr:`last` for ``/metrics``."""
+        started = time.perf_counter()
+        results: dict[str, CheckResult] = {}
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                connection.execute(
+                    sa.text("SELECT set_config('statement_timeout', :ms, true)"),
+                    {"ms": str(self.timeout_ms)},
+                )
+                results["database"] = CheckResult("ok", "PostgreSQL answered")
+                results["broker"] = self._check_broker(connection)
+                results["schema"] = self._check_schema(connection)
+        except sa.exc.SQLAlchemyError as exc:
+            reason = _reason(exc)
+            if "database" not in results:
+                results["database"] = CheckResult("fail", f"PostgreSQL is unreachable: {reason}")
+            else:
+                results.setdefault("broker", CheckResult("fail", reason))
+                results.setdefault("schema", CheckResult("fail", reason))
+        for name in CHECKS:
+            results.setdefault(name, CheckResult("skipped", "not checked: database failed"))
+        report = HealthReport({n: results[n] for n in CHECKS}, time.perf_counter() - started)
+        self.last = report
+        if not report.ok:
+            log.warning(
+                "pgcelery.health.failed",
+                extra={"failing": report.failing, "checks": report.as_json()["checks"]},
+            )
+        return report
+
+    def _check_broker(self, connection: sa.Connection) -> CheckResult:
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    sa.text(
+                        f"SELECT (SELECT 1 FROM {self.names.queue} LIMIT 1),"
+                        f" (SELECT 1 FROM {self.names.message} LIMIT 1)"
+                    )
+                )
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            return CheckResult("fail", f"broker tables are not readable: {_reason(exc)}")
+        return CheckResult("ok", "broker tables are readable")
+
+    def _check_schema(self, connection: sa.Connection) -> CheckResult:
+        found = migrations.current_on(connection, self.schema)
+        expected = _head()
+        if found == expected:
+            return CheckResult("ok", f"schema at {expected}")
+        if found is None:
+            return CheckResult(
+                "fail", f"schema not migrated (expected {expected}): run `pgcelery migrate`"
+            )
+        return CheckResult(
+            "fail", f"schema at {found}, code expects {expected}: run `pgcelery migrate`"
+        )
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Ready, in-flight and oldest-ready age per queue, from the broker tables."""
+        excluded = " AND ".join(
+            f"q.name NOT LIKE :skip{i}" for i in range(len(_INTERNAL_QUEUE_PATTERNS))
+        )
+        query = sa.text(
+            "SELECT q.name,"
+            " count(m.id) FILTER (WHERE m.visible AND m.visible_at <= now()),"
+            " count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()),"
+            " extract(epoch FROM (now() AT TIME ZONE 'UTC')"
+            "   - min(m.timestamp) FILTER (WHERE m.visible AND m.visible_at <= now()))"
+            f" FROM {self.names.queue} q LEFT JOIN {self.names.message} m ON m.queue_id = q.id"
+            f" WHERE {excluded} GROUP BY q.name ORDER BY q.name"
+        )
+        params = {f"skip{i}": p for i, p in enumerate(_INTERNAL_QUEUE_PATTERNS)}
+
+        def run(connection: sa.Connection) -> list[QueueStats]:
+            rows = connection.execute(query, params).all()
+            return [
+                QueueStats(
+                    name=str(name),
+                    ready=int(ready),
+                    in_flight=int(in_flight),
+                    oldest_ready_age=None if age is None else max(0.0, float(age)),
+                )
+                for name, ready, in_flight, age in rows
+            ]
+
+        with self._lock:
+            result: list[QueueStats] = self._transaction(run)
+        return result
+
+    def close(self) -> None:
+        self.engine.dispose()
