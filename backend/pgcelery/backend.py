@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery import connections, dsn
 from pgcelery.notify import listener
+from pgcelery.observability import redaction
 from pgcelery.schema import RESULT_CHANNEL, Names
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
@@ -98,6 +99,25 @@ class PgBackend(DatabaseBackend):
 
     def on_backend_retryable_error(self, exc: Exception) -> None:
         connections.reset(self._conninfo)
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        # An exception's text can quote the DATABASE_URL (a driver error, a host's own message):
+        # scrub it here, where every stored failure passes, not in a subclass that can be lost.
+        if isinstance(result, BaseException):
+            result = redaction.scrub_exception(result)
+        if traceback:
+            traceback = redaction.scrub(traceback)
+        return super().store_result(
+            task_id, result, state, traceback=traceback, request=request, **kwargs
+        )
 
     def _store_result(
         self,

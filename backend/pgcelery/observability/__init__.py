@@ -19,7 +19,6 @@ def install(app: Celery, settings: Settings) -> None:
     from pgcelery.observability import redaction, server, signals
 
     redaction.register_url(settings.database_url)
-    redaction.install_result_redaction(app)
     json_logging.configure(settings.log_format)
     json_logging.install()
     signals.install()

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
 from pgcelery import dsn
-from pgcelery.backend import PgBackend
 
 MASK = "***"
 _SECRETS: set[str] = set()
@@ -120,31 +119,3 @@ def install_filter(handler: logging.Handler) -> None:
     """Add the redacting filter to ``handler`` once."""
     if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
         handler.addFilter(RedactingFilter())
-
-
-class RedactingPgBackend(PgBackend):
-    """pgcelery's result backend, storing exceptions and tracebacks with secrets scrubbed."""
-
-    def store_result(
-        self,
-        task_id: str,
-        result: Any,
-        state: str,
-        traceback: str | None = None,
-        request: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        if isinstance(result, BaseException):
-            result = scrub_exception(result)
-        if traceback:
-            traceback = scrub(traceback)
-        return super().store_result(
-            task_id, result, state, traceback=traceback, request=request, **kwargs
-        )
-
-
-def install_result_redaction(app: Any) -> None:
-    """Serve this app's ``db+`` result URL with :class:`RedactingPgBackend`."""
-    overrides = dict(getattr(app.loader, "override_backends", {}) or {})
-    overrides["db"] = f"{__name__}:RedactingPgBackend"
-    app.loader.override_backends = overrides
