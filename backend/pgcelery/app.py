@@ -44,6 +44,15 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_channel_error_retry": True,
+        # A producer rides out a short database restart (about 5 s) instead of failing the
+        # caller at once; after that apply_async raises and the caller knows nothing was sent.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 5,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             "polling_interval": settings.polling_interval,

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from celery.contrib.testing.worker import TestWorkController
+
+from pgcelery import dsn, send_in_transaction
+from pgcelery.exceptions import ConfigurationError
+from tests.support.workers import ROOT
+
+
+class Rollback(Exception):
+    pass
+
+
+def test_enqueue_commits_and_rolls_back_with_the_callers_transaction(
+    app: Celery, worker: TestWorkController, database_url: str
+) -> None:
+    engine = sa.create_engine(dsn.sync_url(database_url))
+    add = app.tasks["tests.add"]
+    with pytest.raises(Rollback), engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE orders (id int)"))
+        lost = send_in_transaction(conn, add.s(40, 2))
+        raise Rollback
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE orders (id int)"))
+        kept = send_in_transaction(conn, add.s(20, 2))
+        # Not visible before the commit: nothing is queued outside this transaction yet.
+        with engine.connect() as other:
+            assert other.execute(sa.text("SELECT count(*) FROM kombu_message")).scalar() == 0
+    assert kept.get(timeout=20) == 22
+    # A task sent after both has run, so the rolled-back one would have run by now if queued.
+    assert app.send_task("tests.add", args=(0, 0)).get(timeout=20) == 0
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT count(*) FROM celery_taskmeta WHERE task_id = :id"), {"id": lost.id}
+        ).scalar()
+        queued = conn.execute(sa.text("SELECT count(*) FROM kombu_message")).scalar()
+    assert rows == 0
+    assert queued == 0
+    engine.dispose()
+
+
+def test_autocommit_connection_is_refused(app: Celery, database_url: str) -> None:
+    engine = sa.create_engine(dsn.sync_url(database_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn, pytest.raises(ConfigurationError, match="autocommit"):
+        send_in_transaction(conn, app.tasks["tests.add"].s(1, 1))
+    engine.dispose()
+
+
+def test_a_stock_celery_producer_is_served(
+    app: Celery, worker: TestWorkController, database_url: str
+) -> None:
+    # A plain Celery app (no pgcelery import) publishing through kombu's own sqla transport.
+    script = textwrap.dedent(
+        f"""
+        from celery import Celery
+        producer = Celery(broker={dsn.broker_url(database_url)!r})
+        print(producer.send_task("tests.add", args=(5, 6), priority=3).id)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip().splitlines()[-1]
+    assert app.AsyncResult(task_id).get(timeout=20) == 11
