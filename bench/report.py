@@ -1,0 +1,77 @@
+"""Render the benchmark figures as a Markdown table with pgcelery/stock and pgcelery/Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROWS = [
+    ("e2e_per_s", "end-to-end, 2,000 no-op tasks with results (tasks/s)", True),
+    ("enqueue_per_s", "enqueue rate (msg/s)", True),
+    ("rtt_p50_ms", "round trip p50 (ms)", False),
+    ("rtt_p95_ms", "round trip p95 (ms)", False),
+    ("rtt_p99_ms", "round trip p99 (ms)", False),
+    ("pickup_p50_ms", "pickup latency p50 (ms)", False),
+    ("pickup_p99_ms", "pickup latency p99 (ms)", False),
+    ("sleep10_per_s", "10 ms tasks (tasks/s)", True),
+    ("rss_before_mb", "worker RSS before 10,000 tasks (MB)", False),
+    ("rss_after_mb", "worker RSS after 10,000 tasks (MB)", False),
+    ("kombu_message_rows", "kombu_message rows after the run", False),
+    ("kombu_message_bytes", "kombu_message bytes after the run", False),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+    return f"{value:,}"
+
+
+def _ratio(a: Any, b: Any, higher_better: bool) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
+        return "—"
+    return f"{a / b:.2f}×" if higher_better else f"{b / a:.2f}× faster"
+
+
+def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    by = {(r["config"], r["workers"]): r for r in results}
+    lines = [
+        "# Benchmark: pgcelery vs stock kombu sqla vs Redis",
+        "",
+        f"Measured {header['when']} on {header['machine']}; {header['postgres']}; "
+        f"{header['versions']}. Produced by `make bench` (bench/), one run, solo workers.",
+        "",
+    ]
+    for workers in (1, 2):
+        stock, pg, redis = (by.get((c, workers), {}) for c in ("stock", "pgcelery", "redis"))
+        lines += [
+            f"## {workers} worker process{'es' if workers > 1 else ''}",
+            "",
+            "| measure | stock sqla+db | pgcelery | Redis | pgcelery/stock | pgcelery/Redis |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, label, higher in ROWS:
+            a, s, r = pg.get(key), stock.get(key), redis.get(key)
+            ratio_rows = key not in ("kombu_message_rows", "kombu_message_bytes")
+            lines.append(
+                f"| {label} | {_fmt(s)} | {_fmt(a)} | {_fmt(r)} | "
+                f"{_ratio(a, s, higher) if ratio_rows else '—'} | "
+                f"{_ratio(a, r, higher) if ratio_rows else '—'} |"
+            )
+        lines.append("")
+    one, two = by.get(("pgcelery", 1), {}), by.get(("pgcelery", 2), {})
+    if one.get("sleep10_per_s") and two.get("sleep10_per_s"):
+        lines.append(
+            f"Scaling on a 10 ms task, pgcelery: two workers do "
+            f"{two['sleep10_per_s'] / one['sleep10_per_s']:.2f}× one worker."
+        )
+    if one.get("rss_after_mb") is not None:
+        lines.append(
+            f"pgcelery worker RSS growth over 10,000 tasks: "
+            f"{one['rss_after_mb'] - one['rss_before_mb']:+.1f} MB (one worker)."
+        )
+    if not header.get("redis"):
+        lines.append("No Redis was reachable or installed: the Redis column is empty.")
+    lines.append("")
+    return "\n".join(lines)
