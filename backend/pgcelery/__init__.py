@@ -15,6 +15,12 @@ from pgcelery.exceptions import (
     SchemaNotMigrated,
     TenantRequired,
 )
+from pgcelery.tenancy import (
+    current_correlation_id,
+    current_tenant_id,
+    tenant_context,
+    tenant_task,
+)
 
 __all__ = [
     "ConfigurationError",
@@ -25,5 +31,9 @@ __all__ = [
     "SchemaNotMigrated",
     "TenantRequired",
     "create_app",
+    "current_correlation_id",
+    "current_tenant_id",
+    "tenant_context",
+    "tenant_task",
 ]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ def install_transport_and_backend() -> None:
 
 def install_app_hooks(app: Celery, settings: Settings) -> None:
     """Per app: the result backend and the worker-side features."""
-    from pgcelery import backend
+    from pgcelery import backend, tenancy
 
     backend.install(app)
+    tenancy.install()
