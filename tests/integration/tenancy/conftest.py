@@ -48,9 +48,9 @@ def role_url(pg_admin_url: str, database_url: str, tenants: list[uuid.UUID]) -> 
 def tenant_settings(role_url: str) -> Settings:
     return Settings(
         DATABASE_URL=role_url,
-        PGCELERY_METRICS_ENABLED=False,
-        PGCELERY_DB_POOL_SIZE=1,
-        PGCELERY_DB_MAX_OVERFLOW=0,
+        metrics_enabled=False,
+        db_pool_size=1,
+        db_max_overflow=0,
     )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
+from pgcelery import db
+from pgcelery.settings import Settings
 from tests.integration.tenancy.conftest import notes_of
 from tests.support.tenant_tasks import insert_note, plain_observe, tenant_observe
 
@@ -45,8 +47,12 @@ def test_task_without_tenant_sees_no_rows(
 
 
 def test_plain_task_after_tenant_task_on_the_same_connection_sees_the_guc_empty(
-    tenant_app: Celery, tenant_worker: TestWorkController, tenants: list[uuid.UUID]
+    tenant_app: Celery,
+    tenant_worker: TestWorkController,
+    tenant_settings: Settings,
+    tenants: list[uuid.UUID],
 ) -> None:
+    assert db.engine(tenant_settings).pool.size() == 1  # type: ignore[attr-defined]
     tenant = tenant_observe.delay(tenant_id=tenants[1]).get(timeout=TIMEOUT)
     plain = plain_observe.delay().get(timeout=TIMEOUT)
     # Same process, same pooled connection (pool of one): the setting existed on it...
@@ -60,8 +66,12 @@ def test_plain_task_after_tenant_task_on_the_same_connection_sees_the_guc_empty(
 
 
 def test_interleaved_tasks_of_five_tenants_never_see_each_others_rows(
-    tenant_app: Celery, tenant_worker: TestWorkController, tenants: list[uuid.UUID]
+    tenant_app: Celery,
+    tenant_worker: TestWorkController,
+    tenant_settings: Settings,
+    tenants: list[uuid.UUID],
 ) -> None:
+    assert db.engine(tenant_settings).pool.size() == 1  # type: ignore[attr-defined]
     sent: list[tuple[uuid.UUID | None, Any]] = []
     for i in range(200):
         tenant = tenants[i % len(tenants)]
@@ -69,13 +79,13 @@ def test_interleaved_tasks_of_five_tenants_never_see_each_others_rows(
         if i % 10 == 9:
             sent.append((None, plain_observe.delay()))
     backend_pids = set()
-    for tenant, result in sent:
+    for sender, result in sent:
         seen = result.get(timeout=TIMEOUT)
         backend_pids.add(seen["backend_pid"])
-        if tenant is None:
+        if sender is None:
             assert (seen["tenant_id"], seen["rows"], seen["tenant_guc"]) == (None, 0, "")
         else:
-            assert seen["tenant_id"] == seen["tenant_guc"] == str(tenant)
-            assert seen["tenants"] == [str(tenant)]
-            assert seen["rows"] == notes_of(tenants, tenant)
+            assert seen["tenant_id"] == seen["tenant_guc"] == str(sender)
+            assert seen["tenants"] == [str(sender)]
+            assert seen["rows"] == notes_of(tenants, sender)
     assert len(backend_pids) == 1, "all tasks should have shared the one pooled connection"
