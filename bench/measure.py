@@ -40,9 +40,7 @@ class Workers:
                 "--without-gossip", "-l", "ERROR",
             ]  # fmt: skip
             env = {**os.environ, "PGCELERY_METRICS_ENABLED": "false"}
-            self.procs.append(
-                subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-            )
+            self.procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
 
     def rss_mb(self) -> list[float]:
         return [psutil.Process(p.pid).memory_info().rss / 2**20 for p in self.procs]

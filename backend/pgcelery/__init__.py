@@ -15,6 +15,12 @@ from pgcelery.exceptions import (
     SchemaNotMigrated,
     TenantRequired,
 )
+from pgcelery.tenancy import (
+    current_correlation_id,
+    current_tenant_id,
+    tenant_context,
+    tenant_task,
+)
 from pgcelery.transactional import enqueue_in, send_in_transaction
 
 __all__ = [
@@ -26,7 +32,11 @@ __all__ = [
     "SchemaNotMigrated",
     "TenantRequired",
     "create_app",
+    "current_correlation_id",
+    "current_tenant_id",
     "enqueue_in",
     "send_in_transaction",
+    "tenant_context",
+    "tenant_task",
 ]
 __version__ = "0.1.0"

@@ -84,7 +84,11 @@ class Settings(BaseSettings):
 
     def __init__(self, **values: Any) -> None:
         try:
-            super().__init__(**values)
+            named = _field_names(values)
+            unknown = sorted(k for k in named if k not in type(self).model_fields)
+            if unknown:
+                raise ConfigurationError(f"Unknown pgcelery setting(s): {', '.join(unknown)}")
+            super().__init__(**named)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
 
@@ -141,6 +145,24 @@ class Settings(BaseSettings):
     @property
     def redacted_url(self) -> str:
         return dsn.redact(self.database_url)
+
+
+def _field_names(values: dict[str, Any]) -> dict[str, Any]:
+    """Accept keyword arguments spelled as the environment variables (``PGCELERY_X=…``) too.
+
+    Without this, pydantic would silently ignore ``Settings(PGCELERY_DB_POOL_SIZE=1)``.
+    """
+    named: dict[str, Any] = {}
+    for key, value in values.items():
+        upper = key.upper()
+        if upper == "DATABASE_URL":
+            key = "database_url"
+        elif upper == "PGCELERY_SCHEMA":
+            key = "schema_name"
+        elif upper.startswith("PGCELERY_"):
+            key = upper.removeprefix("PGCELERY_").lower()
+        named[key] = value
+    return named
 
 
 def env_name(field: str) -> str:

@@ -16,7 +16,8 @@ def install_transport_and_backend() -> None:
 
 def install_app_hooks(app: Celery, settings: Settings) -> None:
     """Per app: the result backend and the worker-side features."""
-    from pgcelery import backend, observability
+    from pgcelery import backend, observability, tenancy
 
     backend.install(app)
+    tenancy.install()
     observability.install(app, settings)

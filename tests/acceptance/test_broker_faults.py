@@ -136,7 +136,8 @@ def test_postgres_restart_mid_load_loses_nothing(tmp_path: Path) -> None:
                 interval=0.2,
                 what="all tasks after the restart",
             )
-            assert one.alive() and two.alive()
+            assert one.alive()
+            assert two.alive()
             wait_until(lambda: _count(url, "SELECT count(*) FROM kombu_message") == 0, timeout=60)
         app.close()
     finally:

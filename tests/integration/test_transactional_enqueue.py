@@ -7,6 +7,7 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 from celery import Celery
+from celery.result import AsyncResult
 from celery.contrib.testing.worker import TestWorkController
 
 from pgcelery import dsn, send_in_transaction
@@ -23,10 +24,17 @@ def test_enqueue_commits_and_rolls_back_with_the_callers_transaction(
 ) -> None:
     engine = sa.create_engine(dsn.sync_url(database_url))
     add = app.tasks["tests.add"]
-    with pytest.raises(Rollback), engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE orders (id int)"))
-        lost = send_in_transaction(conn, add.s(40, 2))
-        raise Rollback
+    sent: list[AsyncResult] = []
+
+    def order_then_fail() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE orders (id int)"))
+            sent.append(send_in_transaction(conn, add.s(40, 2)))
+            raise Rollback
+
+    with pytest.raises(Rollback):
+        order_then_fail()
+    lost = sent[0]
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE orders (id int)"))
         kept = send_in_transaction(conn, add.s(20, 2))
@@ -60,6 +68,7 @@ def test_a_stock_celery_producer_is_served(
     script = textwrap.dedent(
         f"""
         from celery import Celery
+from celery.result import AsyncResult
         producer = Celery(broker={dsn.broker_url(database_url)!r})
         print(producer.send_task("tests.add", args=(5, 6), priority=3).id)
         """

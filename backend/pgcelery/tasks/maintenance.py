@@ -1,44 +1,145 @@
-"""``maintenance.*``: periodic upkeep of pgcelery's own tables and the host's views."""
+"""``maintenance.*``: periodic upkeep of pgcelery's own tables, the host's views and tenants.
+
+The global tasks (``refresh_materialized_views``, ``prune_results``) always run with no tenant
+set; run them through a role that row-level security does not limit. The tenant tasks
+(``tenant_retention``, ``tenant_pii_scrub``) run the handlers the host registered in
+:mod:`pgcelery.maintenance_registry` with the tenant's context applied.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import logging
+from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from celery import Task, shared_task
 
+from pgcelery import db
 from pgcelery.app import settings_of
-from pgcelery.backend import _engine
+from pgcelery.exceptions import ConfigurationError
+from pgcelery.maintenance_registry import Purpose, handlers
 from pgcelery.schema import Names
+from pgcelery.tenancy import GlobalTask, tenant_task
+
+log = logging.getLogger(__name__)
 
 #: Rows deleted per statement: small enough that no statement holds locks for long.
 PRUNE_BATCH = 1000
 
+# The catalog quotes the name itself (format %I), so no configured text ever reaches SQL.
+_VIEW_INFO = sa.text(
+    """
+    SELECT format('%I.%I', n.nspname, c.relname) AS quoted,
+           c.relispopulated AS populated,
+           EXISTS (
+               SELECT 1 FROM pg_index i
+               WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+           ) AS has_unique_index
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = to_regclass(:name) AND c.relkind = 'm'
+    """
+)
 
-@shared_task(name="maintenance.prune_results", bind=True)
-def prune_results(self: Task, batch_size: int = PRUNE_BATCH) -> dict[str, int]:
-    """Delete task and group results older than ``result_expires``, in short batches."""
+
+@shared_task(name="maintenance.refresh_materialized_views", bind=True, base=GlobalTask)
+def refresh_materialized_views(self: Task) -> dict[str, list[str]]:
+    """Refresh PGCELERY_MATERIALIZED_VIEWS, CONCURRENTLY where a unique index allows it.
+
+    ``CONCURRENTLY`` keeps the view readable during the refresh; Postgres allows it only for a
+    populated view with a unique index on plain columns and no WHERE clause.
+    """
     settings = settings_of(self.app)
-    expires = self.app.conf.result_expires
-    seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires or 0)
-    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=seconds)
+    report: dict[str, list[str]] = {"concurrently": [], "blocking": [], "missing": []}
+    for name in settings.materialized_views:
+        with db.connection(settings) as conn:
+            info = conn.execute(_VIEW_INFO, {"name": name}).mappings().first()
+            if info is None:
+                report["missing"].append(name)
+                continue
+            concurrent = bool(info["populated"] and info["has_unique_index"])
+            mode = "CONCURRENTLY " if concurrent else ""
+            conn.execute(sa.text(f"REFRESH MATERIALIZED VIEW {mode}{info['quoted']}"))
+        report["concurrently" if concurrent else "blocking"].append(name)
+        log.info(
+            "pgcelery.maintenance.view_refreshed",
+            extra={"view": name, "concurrently": concurrent},
+        )
+    if report["missing"]:
+        raise ConfigurationError(
+            "PGCELERY_MATERIALIZED_VIEWS names views that do not exist: "
+            f"{', '.join(report['missing'])}; create them or remove them from the setting "
+            f"(refreshed: {', '.join(report['concurrently'] + report['blocking']) or 'none'})"
+        )
+    return report
+
+
+def _expiry_seconds(expires: Any) -> float:
+    if isinstance(expires, timedelta):
+        return expires.total_seconds()
+    return float(expires or 0)
+
+
+@shared_task(name="maintenance.prune_results", bind=True, base=GlobalTask)
+def prune_results(self: Task, batch_size: int = PRUNE_BATCH) -> dict[str, int]:
+    """Delete task and group results older than ``result_expires``, in short batches.
+
+    Each batch is its own transaction and skips rows another transaction has locked, so pruning
+    never blocks workers storing results. The cutoff is computed by the database, whose clock
+    also stamped ``date_done``.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    settings = settings_of(self.app)
+    seconds = _expiry_seconds(self.app.conf.result_expires)
+    counts = {"tasks": 0, "groups": 0}
+    if seconds <= 0:  # result_expires of 0/None means keep results forever
+        return counts
     names = Names(settings.schema_name)
-    engine, _ = _engine(settings.sync_url, {"pool_pre_ping": True})
-    counts: dict[str, int] = {}
     for key, table in (("tasks", names.task), ("groups", names.group)):
-        total = 0
+        statement = sa.text(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
+            " WHERE date_done < timezone('UTC', now()) - make_interval(secs => :seconds)"
+            " ORDER BY date_done LIMIT :n FOR UPDATE SKIP LOCKED)"
+        )
         while True:
-            with engine.begin() as connection:
-                deleted = connection.execute(
-                    sa.text(
-                        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
-                        " WHERE date_done < :cutoff ORDER BY date_done LIMIT :n"
-                        " FOR UPDATE SKIP LOCKED)"
-                    ),
-                    {"cutoff": cutoff, "n": batch_size},
-                ).rowcount
-            total += deleted
+            with db.connection(settings) as conn:
+                deleted = conn.execute(statement, {"seconds": seconds, "n": batch_size}).rowcount
+            counts[key] += deleted
             if deleted < batch_size:
                 break
-        counts[key] = total
+    log.info("pgcelery.maintenance.results_pruned", extra=counts)
     return counts
+
+
+def _run_handlers(purpose: Purpose, tenant_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    registered = handlers(purpose)
+    if not registered:
+        return {
+            "status": "noop",
+            "tenant_id": tenant_id,
+            "reason": f"no {purpose} handler registered; register one with "
+            f"pgcelery.maintenance_registry.{purpose}_handler",
+            "handlers": {},
+        }
+    results: dict[str, Any] = {}
+    for name, handler in registered:
+        results[name] = handler(tenant_id, **options)
+        log.info(
+            "pgcelery.maintenance.handler_ran",
+            extra={"purpose": purpose, "handler": name, "tenant_id": tenant_id},
+        )
+    return {"status": "ok", "tenant_id": tenant_id, "handlers": results}
+
+
+@tenant_task(name="maintenance.tenant_retention")
+def tenant_retention(tenant_id: str, **options: Any) -> dict[str, Any]:
+    """Run the host's retention handlers for one tenant, with its context applied."""
+    return _run_handlers("retention", tenant_id, options)
+
+
+@tenant_task(name="maintenance.tenant_pii_scrub")
+def tenant_pii_scrub(tenant_id: str, **options: Any) -> dict[str, Any]:
+    """Run the host's PII-scrubbing handlers for one tenant, with its context applied."""
+    return _run_handlers("pii_scrub", tenant_id, options)
