@@ -31,7 +31,7 @@ def _fmt(value: Any) -> str:
 def _ratio(a: Any, b: Any, higher_better: bool) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
         return "—"
-    return f"{a / b:.2f}×" if higher_better else f"{b / a:.2f}× faster"
+    return f"{a / b:.2f}x" if higher_better else f"{b / a:.2f}x faster"
 
 
 def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
@@ -64,7 +64,7 @@ def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
     if one.get("sleep10_per_s") and two.get("sleep10_per_s"):
         lines.append(
             f"Scaling on a 10 ms task, pgcelery: two workers do "
-            f"{two['sleep10_per_s'] / one['sleep10_per_s']:.2f}× one worker."
+            f"{two['sleep10_per_s'] / one['sleep10_per_s']:.2f}x one worker."
         )
     if one.get("rss_after_mb") is not None:
         lines.append(

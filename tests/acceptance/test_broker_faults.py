@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -98,8 +99,11 @@ def test_four_workers_5000_tasks_each_run_once(client: Celery, runs_db: str) -> 
     assert _count(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 4
 
 
-def test_postgres_restart_mid_load_loses_nothing(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pgdata", durable=False)
+def test_postgres_restart_mid_load_loses_nothing() -> None:
+    # Not tmp_path: other pytest runs as root reset its parent to 0700, locking the server out.
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="pgcelery-restart-")) / "pgdata", durable=False
+    )
     server.start()
     try:
         url = server.create_database("restart")

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 from celery import Celery
-from celery.result import AsyncResult
 from celery.contrib.testing.worker import TestWorkController
+from celery.result import AsyncResult
 
 from pgcelery import dsn, send_in_transaction
 from pgcelery.exceptions import ConfigurationError
@@ -68,7 +68,6 @@ def test_a_stock_celery_producer_is_served(
     script = textwrap.dedent(
         f"""
         from celery import Celery
-from celery.result import AsyncResult
         producer = Celery(broker={dsn.broker_url(database_url)!r})
         print(producer.send_task("tests.add", args=(5, 6), priority=3).id)
         """
