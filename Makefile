@@ -25,9 +25,11 @@ run: install  ## run a worker (embedded PostgreSQL when DATABASE_URL is unset)
 test: install  ## run the test suite against a real PostgreSQL
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+LINT_PATHS := $(wildcard backend tests bench)
+
 lint: install
-	$(VENV)/bin/ruff check backend tests bench
-	$(VENV)/bin/ruff format --check backend tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(VENV)/bin/mypy --strict
