@@ -76,18 +76,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace, env: dict[str, str]) -> int:
-    """Run the worker until it exits; Ctrl-C and SIGTERM are passed on to it, once each.
+    """Run the worker until it exits; Ctrl-C stops it warm, a second Ctrl-C cold.
 
-    The worker gets its own process group, so a Ctrl-C in the terminal reaches it once (through
-    us) rather than twice, which Celery would take as a request for a cold shutdown.
+    The worker gets its own process group, so a Ctrl-C in the terminal reaches it only through
+    us: Celery exits non-zero after a SIGINT, but zero after the same warm shutdown on SIGTERM.
     """
     # The venv's own celery, whether or not the venv is on PATH (`make run` does not activate).
     command = [sys.executable, "-m", *WORKER_COMMAND, f"--loglevel={args.loglevel}"]
     worker = subprocess.Popen([*command, *args.celery_args], env=env, process_group=0)
+    interrupts = 0
 
     def forward(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
         if worker.poll() is None:
-            worker.send_signal(signum)
+            worker.send_signal(signal.SIGQUIT if interrupts > 1 else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

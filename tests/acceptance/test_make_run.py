@@ -125,6 +125,7 @@ def test_make_run_uses_an_embedded_database_stops_cleanly_and_reuses_it(
     assert wait_until(lambda: gone(pid), timeout=30, what="the embedded server to exit")
     assert not (datadir / "postmaster.pid").exists()
     assert "Traceback" not in first.output(), first.output()
+    assert "] Error" not in first.output(), first.output()  # make: pgcelery exited 0
 
     with make_run(env, tmp_path / "second.log") as second:
         assert second.wait_ready() == url
@@ -139,6 +140,7 @@ def test_make_run_uses_an_embedded_database_stops_cleanly_and_reuses_it(
         second.ctrl_c()
     assert wait_until(lambda: gone(pid), timeout=30, what="the embedded server to exit")
     assert "Traceback" not in second.output(), second.output()
+    assert "] Error" not in second.output(), second.output()
 
 
 def test_make_run_uses_database_url_when_set(empty_database_url: str, tmp_path: Path) -> None:
