@@ -89,6 +89,32 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         message.c.priority.desc(),
         message.c.id,
     )
+    # Added by revision 0003: one row per worker node, refreshed by its heartbeat.
+    worker = sa.Table(
+        WORKER_TABLE,
+        md,
+        sa.Column("hostname", sa.Text, primary_key=True),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("pool", sa.Text, nullable=False),
+        sa.Column("concurrency", sa.Integer, nullable=False),
+        sa.Column(
+            "queues", postgresql.ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")
+        ),
+        sa.Column("tasks_in_flight", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("processed", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("version", sa.Text),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column(
+            "last_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_worker_last_seen", worker.c.last_seen)
     return md
 
 
