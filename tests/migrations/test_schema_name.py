@@ -21,7 +21,14 @@ from tests.support.schemas import relations
 from tests.support.workers import ROOT
 
 SCHEMA = "pgcelery_jobs"
-TABLES = {"kombu_queue", "kombu_message", "celery_taskmeta", "celery_tasksetmeta", VERSION_TABLE}
+TABLES = {
+    "kombu_queue",
+    "kombu_message",
+    "celery_taskmeta",
+    "celery_tasksetmeta",
+    "pgcelery_worker",
+    VERSION_TABLE,
+}
 
 
 @pytest.fixture
