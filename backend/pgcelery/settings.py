@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     listen: bool = Field(
         default=True, description="Wake workers with LISTEN/NOTIFY; false for PgBouncer."
     )
+    worker_async_commit: bool = Field(
+        default=True,
+        description="Workers commit claims, acks and results without waiting for the WAL flush.",
+    )
     prefetch_multiplier: int = Field(default=1, ge=1, le=1000)
     task_soft_time_limit: float = Field(default=300.0, gt=0)
     task_time_limit: float = Field(default=330.0, gt=0)
