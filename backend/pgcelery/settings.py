@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         try:
             named = _field_names(values)
-            unknown = sorted(k for k in named if k not in type(self).model_fields)
+            # Keys with a leading underscore are pydantic-settings options (_env_file, …).
+            fields = type(self).model_fields
+            unknown = sorted(k for k in named if k not in fields and not k.startswith("_"))
             if unknown:
                 raise ConfigurationError(f"Unknown pgcelery setting(s): {', '.join(unknown)}")
             super().__init__(**named)
