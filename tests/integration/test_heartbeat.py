@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from pgcelery import create_app
+from pgcelery import connections, create_app
 from pgcelery.heartbeat import Heartbeat
 from pgcelery.settings import Settings
 from tests.support.waiting import wait_until
@@ -100,6 +100,7 @@ def test_a_beat_against_an_unreachable_database_is_logged_not_raised() -> None:
         assert beat.beat() is False
     finally:
         app.close()
+        connections.reset(beat.conninfo)
         logger.removeHandler(records)
         logger.setLevel(level)
     failures = [
