@@ -28,6 +28,12 @@ WORKER_TABLE = "pgcelery_worker"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
+#: The tenant id in a result's stored kwargs (JSON bytes), as revision 0006 indexes it: an
+#: immutable expression that never raises, whatever bytes the column holds. Spelled the way
+#: PostgreSQL prints it back, so the no-drift comparison with the database matches.
+TENANT_OF_KWARGS = (
+    '"substring"(encode(kwargs, \'escape\'::text), \'"tenant_id": *"?([^",}]+)\'::text)'
+)
 #: The Alembic version table pgcelery uses when it migrates on its own.
 VERSION_TABLE = "pgcelery_alembic_version"
 
@@ -115,6 +121,17 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_worker_last_seen", worker.c.last_seen)
+    # Added by revision 0006: the dashboard's keyset-paginated reads of recent results.
+    task = named(TASK_TABLE)
+    sa.Index("ix_celery_taskmeta_status_date_done", task.c.status, task.c.date_done, task.c.id)
+    sa.Index("ix_celery_taskmeta_name_date_done", task.c.name, task.c.date_done, task.c.id)
+    sa.Index(
+        "ix_celery_taskmeta_tenant_date_done",
+        sa.text(TENANT_OF_KWARGS),
+        task.c.date_done,
+        task.c.id,
+        postgresql_where=sa.text(f"{TENANT_OF_KWARGS} IS NOT NULL"),
+    )
     return md
 
 

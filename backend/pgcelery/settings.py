@@ -85,6 +85,25 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(default="json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO")
     embedded_dir: str = Field(default=".pgcelery/pgdata")
+    worker_heartbeat_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds between a worker's heartbeats into pgcelery_worker.",
+    )
+    dashboard_host: str = Field(default="127.0.0.1", description="Address the dashboard binds.")
+    dashboard_port: int = Field(default=8008, ge=0, le=65535)
+    dashboard_user: str = Field(default="", description="HTTP basic auth user; empty: no auth.")
+    dashboard_password: str = Field(default="", repr=False)
+    dashboard_insecure_no_auth: bool = Field(
+        default=False, description="Allow a non-loopback bind without basic auth."
+    )
+    dashboard_actions: bool = Field(
+        default=False, description="Offer retry, revoke and purge (each confirmed and logged)."
+    )
+    dashboard_refresh: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between the pages' auto-refreshes."
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -133,6 +152,14 @@ class Settings(BaseSettings):
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError(
                 "PGCELERY_TASK_TIME_LIMIT must be greater than PGCELERY_TASK_SOFT_TIME_LIMIT"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_dashboard_auth(self) -> Settings:
+        if bool(self.dashboard_user) != bool(self.dashboard_password):
+            raise ValueError(
+                "PGCELERY_DASHBOARD_USER and PGCELERY_DASHBOARD_PASSWORD must be set together"
             )
         return self
 

@@ -16,8 +16,9 @@ def install_transport_and_backend() -> None:
 
 def install_app_hooks(app: Celery, settings: Settings) -> None:
     """Per app: the result backend and the worker-side features."""
-    from pgcelery import backend, observability, tenancy
+    from pgcelery import backend, heartbeat, observability, tenancy
 
     backend.install(app)
     tenancy.install()
     observability.install(app, settings)
+    heartbeat.install(app)

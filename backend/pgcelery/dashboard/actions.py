@@ -1,0 +1,155 @@
+"""The dashboard's three actions: retry a failed task, revoke a pending one, purge a queue.
+
+Each is offered only with ``PGCELERY_DASHBOARD_ACTIONS=true``, runs only on a POST carrying a
+token this process signed for exactly that action and target (shown on the confirmation page,
+valid for ten minutes, so another site cannot forge the request), and is logged as a structured
+event naming the action, its target, its outcome and the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, states
+from celery.app.task import Context
+
+from pgcelery import connections
+from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("retry", "revoke", "purge")
+TOKEN_LIFETIME = 600.0
+#: States a result can be retried from.
+RETRYABLE_STATES = (states.FAILURE, states.REVOKED)
+
+
+class ActionRefused(Exception):
+    """The action cannot be done on this target now; the message says why."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    message: str
+    task_id: str | None = None
+
+
+class Tokens:
+    """Confirmation tokens: an HMAC of action, target and expiry under a per-process key."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def _sign(self, action: str, target: str, expires: int) -> str:
+        text = f"{action}\0{target}\0{expires}".encode()
+        return hmac.new(self._key, text, hashlib.sha256).hexdigest()
+
+    def issue(self, action: str, target: str) -> str:
+        expires = int(time.time() + TOKEN_LIFETIME)
+        return f"{expires}.{self._sign(action, target, expires)}"
+
+    def valid(self, token: str, action: str, target: str) -> bool:
+        stamp, _, signature = token.partition(".")
+        if not stamp.isdigit() or int(stamp) < time.time():
+            return False
+        return hmac.compare_digest(signature, self._sign(action, target, int(stamp)))
+
+
+class Actions:
+    def __init__(self, queries: Queries, app: Celery) -> None:
+        self.queries = queries
+        self.app = app
+
+    def describe(self, action: str, target: str) -> str:
+        """What the confirmation page says the action will do."""
+        if action == "retry":
+            return f"Send task {target} again, by name, with its stored arguments."
+        if action == "revoke":
+            return f"Delete the pending message of task {target} and mark it REVOKED."
+        return f"Delete every message waiting in queue {target} (messages being run stay)."
+
+    def run(self, action: str, target: str, user: str | None) -> Outcome:
+        try:
+            outcome: Outcome = getattr(self, action)(target)
+        except ActionRefused as exc:
+            log.warning(
+                "pgcelery.dashboard.action_refused",
+                extra={"action": action, "target": target, "user": user, "reason": str(exc)},
+            )
+            raise
+        log.info(
+            "pgcelery.dashboard.action",
+            extra={
+                "action": action,
+                "target": target,
+                "user": user,
+                "outcome": outcome.message,
+                "new_task_id": outcome.task_id,
+            },
+        )
+        return outcome
+
+    def retry(self, task_id: str) -> Outcome:
+        detail = self.queries.task(task_id)
+        if detail is None or detail.status not in RETRYABLE_STATES or not detail.name:
+            raise ActionRefused(
+                f"task {task_id} is not a failed or revoked result with a task name; "
+                "only those can be retried"
+            )
+        args = detail.args if isinstance(detail.args, list) else []
+        kwargs = detail.kwargs if isinstance(detail.kwargs, dict) else {}
+        options: dict[str, Any] = {"queue": detail.queue} if detail.queue else {}
+        sent = self.app.send_task(detail.name, args=args, kwargs=kwargs, **options)
+        return Outcome(f"task {task_id} sent again as {sent.id}", task_id=str(sent.id))
+
+    def revoke(self, task_id: str) -> Outcome:
+        n = self.queries.names
+        with connections.pool(self.queries.conninfo).connection() as conn:
+            # Only a message no worker holds: a claimed one is already running.
+            found = conn.execute(
+                f"DELETE FROM {n.message} WHERE id = (SELECT m.id FROM {n.message} m"
+                f" WHERE {MESSAGE_TASK_ID} = %s"
+                " AND NOT (m.lease_token IS NOT NULL AND m.visible_at > now())"
+                " LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                f" RETURNING payload, (SELECT name FROM {n.queue} WHERE id = queue_id)",
+                (task_id,),
+            ).fetchone()
+        if found is None:
+            raise ActionRefused(
+                f"task {task_id} has no pending message (it ran, is running, or was revoked)"
+            )
+        call = message_call(_json(found[0]))
+        request = Context(
+            id=task_id,
+            task=call["name"],
+            args=call["args"],
+            kwargs=call["kwargs"],
+            delivery_info={"routing_key": found[1]},
+        )
+        self.app.backend.mark_as_revoked(task_id, "revoked from the dashboard", request=request)
+        return Outcome(f"task {task_id} revoked; its message was removed from {found[1]}")
+
+    def purge(self, queue: str) -> Outcome:
+        n = self.queries.names
+        with connections.pool(self.queries.conninfo).connection() as conn:
+            known = conn.execute(f"SELECT id FROM {n.queue} WHERE name = %s", (queue,)).fetchone()
+            if known is None:
+                raise ActionRefused(f"there is no queue named {queue}")
+            deleted = conn.execute(
+                f"DELETE FROM {n.message} WHERE queue_id = %s"
+                " AND NOT (lease_token IS NOT NULL AND visible_at > now())",
+                (known[0],),
+            ).rowcount
+        return Outcome(f"queue {queue} purged: {deleted} message(s) deleted")
+
+
+def _json(payload: Any) -> dict[str, Any]:
+    found = json.loads(payload)
+    return found if isinstance(found, dict) else {}

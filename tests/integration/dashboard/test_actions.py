@@ -1,0 +1,135 @@
+"""The actions over HTTP: confirmed with a signed token, done on the real tables, logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import psycopg
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import TestWorkController
+from celery.result import AsyncResult
+from starlette.testclient import TestClient
+
+from pgcelery.dashboard import create_dashboard
+from pgcelery.settings import Settings
+
+
+def _confirm(client: TestClient, action: str, target: str) -> str:
+    page = client.get(f"/actions/{action}/{target}")
+    assert page.status_code == 200
+    found = re.search(r'name="token" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def _messages(database_url: str, queue: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+            " WHERE q.name = %s",
+            (queue,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def action_log() -> list[logging.LogRecord]:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("pgcelery.dashboard.actions")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_retry_sends_a_failed_task_again(
+    client: TestClient,
+    app: Celery,
+    worker: TestWorkController,
+    action_log: list[logging.LogRecord],
+) -> None:
+    failed = app.send_task("tests.fail", ("again",))
+    with pytest.raises(RuntimeError):
+        failed.get(timeout=30)
+    token = _confirm(client, "retry", failed.id)
+    done = client.post(f"/actions/retry/{failed.id}", data={"token": token}, follow_redirects=False)
+    assert done.status_code == 303
+    new_id = done.headers["location"].split("/tasks/")[1].split("?")[0]
+    assert new_id != failed.id
+    again = AsyncResult(new_id, app=app)
+    with pytest.raises(RuntimeError, match="again"):
+        again.get(timeout=30)
+    assert again.name == "tests.fail"
+    logged = [r for r in action_log if r.getMessage() == "pgcelery.dashboard.action"]
+    assert [(r.action, r.target, r.new_task_id) for r in logged] == [  # type: ignore[attr-defined]
+        ("retry", failed.id, new_id)
+    ]
+
+
+def test_retry_refuses_a_successful_task(
+    client: TestClient, app: Celery, worker: TestWorkController
+) -> None:
+    ok = app.send_task("tests.add", (1, 2))
+    assert ok.get(timeout=30) == 3
+    token = _confirm(client, "retry", ok.id)
+    refused = client.post(f"/actions/retry/{ok.id}", data={"token": token})
+    assert refused.status_code == 409
+
+
+def test_revoke_removes_the_pending_message_and_marks_the_result(
+    client: TestClient, app: Celery, database_url: str, action_log: list[logging.LogRecord]
+) -> None:
+    parked = app.send_task("tests.add", (1, 1), queue="parked")
+    assert _messages(database_url, "parked") == 1
+    token = _confirm(client, "revoke", parked.id)
+    done = client.post(f"/actions/revoke/{parked.id}", data={"token": token})
+    assert done.status_code == 200
+    assert _messages(database_url, "parked") == 0
+    assert parked.state == "REVOKED"
+    page = client.get(f"/tasks/{parked.id}").text
+    assert "REVOKED" in page
+    assert "tests.add" in page
+    assert any(getattr(r, "action", None) == "revoke" for r in action_log)
+    again = client.post(f"/actions/revoke/{parked.id}", data={"token": token})
+    assert again.status_code == 409
+
+
+def test_purge_empties_a_queue(client: TestClient, app: Celery, database_url: str) -> None:
+    for i in range(3):
+        app.send_task("tests.add", (i, i), queue="doomed")
+    assert _messages(database_url, "doomed") == 3
+    token = _confirm(client, "purge", "doomed")
+    done = client.post("/actions/purge/doomed", data={"token": token})
+    assert done.status_code == 200
+    assert "3 message(s) deleted" in done.text
+    assert _messages(database_url, "doomed") == 0
+
+
+def test_an_action_without_a_valid_token_is_refused(
+    client: TestClient, app: Celery, database_url: str
+) -> None:
+    app.send_task("tests.add", (1, 1), queue="kept")
+    assert client.post("/actions/purge/kept", data={}).status_code == 403
+    token_for_other = _confirm(client, "purge", "other")
+    forged = client.post("/actions/purge/kept", data={"token": token_for_other})
+    assert forged.status_code == 403
+    assert _messages(database_url, "kept") == 1
+
+
+def test_actions_are_off_by_default(database_url: str, app: Celery) -> None:
+    settings = Settings(DATABASE_URL=database_url)
+    app.send_task("tests.add", (1, 1), queue="kept")
+    with TestClient(create_dashboard(settings, app)) as http:
+        assert http.get("/actions/purge/kept").status_code == 404
+        assert http.post("/actions/purge/kept", data={"token": "x"}).status_code == 404
+        assert "Purge" not in http.get("/queues").text
+    assert _messages(database_url, "kept") == 1
