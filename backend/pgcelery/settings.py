@@ -8,9 +8,16 @@ the variable and the rule, and never echo the value (it may hold a password).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgcelery import dsn
@@ -19,6 +26,16 @@ from pgcelery.exceptions import ConfigurationError
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$")
 _VIEW = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError("must be a plain SQL identifier (letters, digits, _; ≤ 63 chars)")
+    return value
+
+
+#: A schema or role name: migrations and raw SQL quote it, but only after this check.
+SqlIdentifier = Annotated[str, AfterValidator(_identifier)]
 
 
 class Settings(BaseSettings):
@@ -37,12 +54,12 @@ class Settings(BaseSettings):
         description="PostgreSQL URL for the broker, the result backend and pgcelery.db.",
         repr=False,
     )
-    schema_name: str = Field(
+    schema_name: SqlIdentifier = Field(
         default="public",
         validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name"),
         description="Schema that holds the pgcelery tables.",
     )
-    app_role: str = Field(
+    app_role: SqlIdentifier = Field(
         default="app_user",
         description="Role granted access to the tables by the migrations, when it exists.",
     )
@@ -123,13 +140,6 @@ class Settings(BaseSettings):
         # sync_url raises ConfigurationError; pydantic would wrap a ValueError with the input,
         # so let it propagate unchanged (it never contains the password).
         dsn.sync_url(value)
-        return value
-
-    @field_validator("schema_name", "app_role")
-    @classmethod
-    def _check_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError("must be a plain SQL identifier (letters, digits, _; ≤ 63 chars)")
         return value
 
     @field_validator("tenant_guc", "correlation_guc")
@@ -237,20 +247,13 @@ class MigrationSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PGCELERY_", case_sensitive=False, extra="ignore")
 
-    schema_name: str = Field(
+    schema_name: SqlIdentifier = Field(
         default="public", validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name")
     )
-    app_role: str = Field(default="app_user")
+    app_role: SqlIdentifier = Field(default="app_user")
 
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
-
-    @field_validator("schema_name", "app_role")
-    @classmethod
-    def _check_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError("must be a plain SQL identifier (letters, digits, _; ≤ 63 chars)")
-        return value

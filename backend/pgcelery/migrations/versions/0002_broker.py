@@ -77,7 +77,8 @@ BEGIN
 END
 $fn$;
 CREATE TRIGGER pgcelery_message_defaults BEFORE INSERT ON {q}.kombu_message
-  FOR EACH ROW EXECUTE FUNCTION {q}.pgcelery_message_defaults();
+  FOR EACH ROW WHEN (NEW.priority IS NULL)
+  EXECUTE FUNCTION {q}.pgcelery_message_defaults();
 
 CREATE FUNCTION {q}.pgcelery_message_notify() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
