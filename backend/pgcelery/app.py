@@ -59,6 +59,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
             "polling_interval": settings.polling_interval,
             "listen": settings.listen,
             "schema": settings.schema_name,
+            "async_commit": settings.worker_async_commit,
         },
         # Remote control and events need a fanout exchange, which only the pgcelery transport
         # offers; they are switched on when it is installed.

@@ -91,6 +91,10 @@ class PgBackend(DatabaseBackend):
         self._sync_url = self.url
         self._conninfo = dsn.libpq_url(self.url)
         self._task_table: sa.Table = self.task_cls.__table__
+        settings = getattr(self.app, "pgcelery_settings", None)
+        # A result lost in a server crash is rewritten when the (also lost) ack makes the task
+        # run again: WAL order puts the result's commit before the ack's.
+        self._async_commit = bool(getattr(settings, "worker_async_commit", False))
 
     def ResultSession(self, session_manager: Any = None) -> Session:
         options = {k: v for k, v in self.engine_options.items() if k != "poolclass"}
@@ -132,7 +136,7 @@ class PgBackend(DatabaseBackend):
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
         values = [getattr(row, name) for name in self._columns]
-        with connections.pool(self._conninfo).connection() as conn:
+        with connections.pool(self._conninfo, async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
 
     @cached_property

@@ -14,12 +14,16 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 _LOCK = threading.Lock()
-_POOLS: dict[tuple[int, str], ConnectionPool[Any]] = {}
+_POOLS: dict[tuple[int, str, bool], ConnectionPool[Any]] = {}
 
 
-def pool(conninfo: str, max_size: int = 10) -> ConnectionPool[Any]:
-    """The process's pool for ``conninfo`` (opened lazily; connections made on demand)."""
-    key = (os.getpid(), conninfo)
+def pool(conninfo: str, max_size: int = 10, async_commit: bool = False) -> ConnectionPool[Any]:
+    """The process's pool for ``conninfo`` (opened lazily; connections made on demand).
+
+    ``async_commit`` pools commit without waiting for the WAL flush: only for writes whose loss
+    in a server crash makes a task run again rather than disappear (results, acks).
+    """
+    key = (os.getpid(), conninfo, async_commit)
     with _LOCK:
         found = _POOLS.get(key)
         if found is None:
@@ -27,7 +31,10 @@ def pool(conninfo: str, max_size: int = 10) -> ConnectionPool[Any]:
                 conninfo,
                 min_size=0,
                 max_size=max_size,
-                kwargs={"autocommit": True},
+                kwargs={
+                    "autocommit": True,
+                    "options": "-c synchronous_commit=off" if async_commit else "",
+                },
                 # A broken connection is noticed when used and replaced; no ping per checkout.
                 check=None,
                 open=True,
@@ -39,6 +46,6 @@ def pool(conninfo: str, max_size: int = 10) -> ConnectionPool[Any]:
 def reset(conninfo: str) -> None:
     """Drop the process's pool for ``conninfo`` (after a connection error)."""
     with _LOCK:
-        found = _POOLS.pop((os.getpid(), conninfo), None)
-    if found is not None:
-        found.close(timeout=0)
+        found = [_POOLS.pop(key) for key in list(_POOLS) if key[:2] == (os.getpid(), conninfo)]
+    for stale in found:
+        stale.close(timeout=0)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     listen: bool = Field(
         default=True, description="Wake workers with LISTEN/NOTIFY; false for PgBouncer."
     )
+    worker_async_commit: bool = Field(
+        default=True,
+        description="Workers commit claims, acks and results without waiting for the WAL flush.",
+    )
     prefetch_multiplier: int = Field(default=1, ge=1, le=1000)
     task_soft_time_limit: float = Field(default=300.0, gt=0)
     task_time_limit: float = Field(default=330.0, gt=0)
@@ -99,7 +103,9 @@ class Settings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         try:
             named = _field_names(values)
-            unknown = sorted(k for k in named if k not in type(self).model_fields)
+            # Keys with a leading underscore are pydantic-settings options (_env_file, …).
+            fields = type(self).model_fields
+            unknown = sorted(k for k in named if k not in fields and not k.startswith("_"))
             if unknown:
                 raise ConfigurationError(f"Unknown pgcelery setting(s): {', '.join(unknown)}")
             super().__init__(**named)

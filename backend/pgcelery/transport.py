@@ -93,17 +93,24 @@ class Channel(virtual.Channel):
         "polling_interval",
         "listen",
         "schema",
+        "async_commit",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
     listen: bool = True
     schema: str = "public"
+    #: Claims, acks, rejects and releases commit without waiting for the WAL flush.
+    async_commit: bool = True
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self.names = Names(self.schema)
         self._conninfo = dsn.libpq_url(connection.client.hostname)
-        self._db: psycopg.Connection[Any] | None = None
+        # Two connections, made on first use: "publish" commits durably (a producer told that
+        # apply_async succeeded must never lose the message); "consume" may commit
+        # asynchronously, because losing a claim, ack or release in a server crash only ever
+        # makes a message run again, never disappear (see docs/explanation).
+        self._dbs: dict[str, psycopg.Connection[Any]] = {}
         self._db_lock = threading.Lock()
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
@@ -127,57 +134,65 @@ class Channel(virtual.Channel):
 
     # -- connection --------------------------------------------------------------------------
 
-    def _conn(self) -> psycopg.Connection[Any]:
-        db = self._db
+    def _conn(self, role: str = "publish") -> psycopg.Connection[Any]:
+        db = self._dbs.get(role)
         if db is None or db.closed:
             with self._db_lock:
-                db = self._db
+                db = self._dbs.get(role)
                 if db is None or db.closed:
-                    db = self._db = psycopg.connect(self._conninfo, autocommit=True)
+                    db = self._dbs[role] = self._connect(role)
         return db
 
-    def _execute(self, query: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
+    def _connect(self, role: str) -> psycopg.Connection[Any]:
+        options = "-c synchronous_commit=off" if role == "consume" and self.async_commit else ""
+        # Poll-only mode is the PgBouncer mode: no server-side prepared statements there.
+        prepare = {} if self.listen else {"prepare_threshold": None}
+        return psycopg.connect(self._conninfo, autocommit=True, options=options, **prepare)
+
+    def _execute(
+        self, query: str, params: tuple[Any, ...] = (), role: str = "publish"
+    ) -> psycopg.Cursor[Any]:
         try:
-            return self._conn().execute(query, params)
+            return self._conn(role).execute(query, params)
         except psycopg.OperationalError:
             self._drop_connection()
             raise
 
     def _drop_connection(self) -> None:
         with self._db_lock:
-            db, self._db = self._db, None
-        if db is not None:
+            dbs, self._dbs = list(self._dbs.values()), {}
+        for db in dbs:
             db.close()
 
     # -- queues ------------------------------------------------------------------------------
 
-    def _queue_id(self, queue: str, db: psycopg.Connection[Any] | None = None) -> int:
+    def _queue_id(self, queue: str) -> int:
+        """The queue's id, creating its row on first use.
+
+        Always on the channel's own autocommit connection, never in a caller's transaction
+        (``enqueue_in``): a queue row created there would block every other producer of that
+        queue, this process included, until the caller commits.
+        """
         found = self._queue_ids.get(queue)
         if found is not None:
             return found
-        sql = (
-            f"WITH ins AS (INSERT INTO {self.names.queue} (id, name)"
+        self._execute(
+            f"INSERT INTO {self.names.queue} (id, name)"
             f" SELECT nextval('{self.names.sequence('queue_id_sequence')}'), %s"
             f" WHERE NOT EXISTS (SELECT 1 FROM {self.names.queue} WHERE name = %s)"
-            " ON CONFLICT (name) DO NOTHING RETURNING id)"
-            f" SELECT id FROM ins UNION ALL SELECT id FROM {self.names.queue} WHERE name = %s"
+            " ON CONFLICT (name) DO NOTHING",
+            (queue, queue),
         )
-        params = (queue, queue, queue)
-        row = (db.execute(sql, params) if db else self._execute(sql, params)).fetchone()
-        if row is None:  # lost a race with a concurrent insert that has not committed yet
-            row = self._execute(f"SELECT id FROM {self.names.queue} WHERE name = %s", (queue,))
-            row = row.fetchone()
-        assert row is not None
-        queue_id = int(row[0])
-        if db is not None:
-            # Created inside the caller's transaction, which may still roll back: don't cache.
-            return queue_id
+        row = self._execute(f"SELECT id FROM {self.names.queue} WHERE name = %s", (queue,))
+        found_row = row.fetchone()
+        assert found_row is not None
+        queue_id = int(found_row[0])
         self._queue_ids[queue] = queue_id
         self._queue_names[queue_id] = queue
         return queue_id
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        self._queue_id(queue, _ENQUEUE_CONNECTION.get())
+        self._queue_id(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         row = self._execute(f"SELECT 1 FROM {self.names.queue} WHERE name = %s", (queue,))
@@ -209,7 +224,7 @@ class Channel(virtual.Channel):
         payload = dumps(message)
         outer = _ENQUEUE_CONNECTION.get()
         if outer is not None:
-            outer.execute(self._sql_put, (payload, self._queue_id(queue, outer), priority))
+            outer.execute(self._sql_put, (payload, self._queue_id(queue), priority))
             return
         self._execute(self._sql_put, (payload, self._queue_id(queue), priority))
 
@@ -223,7 +238,9 @@ class Channel(virtual.Channel):
 
     def _claim(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
         ids = [self._queue_id(q) for q in queues]
-        rows = self._execute(self._sql_claim, (ids, limit, self.visibility_timeout)).fetchall()
+        rows = self._execute(
+            self._sql_claim, (ids, limit, self.visibility_timeout), role="consume"
+        ).fetchall()
         claimed = []
         for message_id, queue_id, token, deliveries, raw in rows:
             payload = loads(raw)
@@ -265,6 +282,7 @@ class Channel(virtual.Channel):
             cur = self._execute(
                 f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s",
                 (message_id, token),
+                role="consume",
             )
             self._forget(message_id)
             if cur.rowcount == 0:
@@ -282,6 +300,7 @@ class Channel(virtual.Channel):
                 self._execute(
                     f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s",
                     (message_id, token),
+                    role="consume",
                 )
                 self._forget(message_id)
         self.qos.reject(delivery_tag, requeue=False)
@@ -300,6 +319,7 @@ class Channel(virtual.Channel):
             " FROM unnest(%s::bigint[], %s::uuid[]) AS r(id, token)"
             " WHERE m.id = r.id AND m.lease_token = r.token",
             ([p[0] for p in pairs], [p[1] for p in pairs]),
+            role="consume",
         )
         for message_id, _ in pairs:
             self._forget(message_id)

@@ -75,6 +75,7 @@ def test_sigkill_mid_task_twenty_times_loses_nothing(client: Celery, runs_db: st
     assert _count(runs_db, "SELECT count(*) FROM kombu_message") == 0
 
 
+@pytest.mark.timeout(1500)
 def test_four_workers_5000_tasks_each_run_once(client: Celery, runs_db: str) -> None:
     total = 20_000
     engine = sa.create_engine(dsn.sync_url(runs_db))

@@ -78,3 +78,23 @@ def test_a_stock_celery_producer_is_served(
     assert done.returncode == 0, done.stderr
     task_id = done.stdout.strip().splitlines()[-1]
     assert app.AsyncResult(task_id).get(timeout=20) == 11
+
+
+def test_enqueue_to_a_new_queue_inside_a_transaction_does_not_block(
+    app: Celery, database_url: str
+) -> None:
+    # The queue row is created outside the caller's transaction: inside it, the same process's
+    # next declare of that queue would wait for the caller's commit forever.
+    engine = sa.create_engine(dsn.sync_url(database_url))
+    with engine.begin() as conn:
+        for _ in range(3):
+            send_in_transaction(conn, app.tasks["tests.add"].s(1, 2), queue="brand-new-queue")
+    with engine.connect() as conn:
+        queued = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+                " WHERE q.name = 'brand-new-queue'"
+            )
+        ).scalar()
+    assert queued == 3
+    engine.dispose()
