@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from contextlib import ExitStack
 
 import psycopg
@@ -15,7 +14,8 @@ from tests.support.postgres import libpq
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, worker_process
 
-BEAT = ["celery", "-A", "tests.support.beat_app", "beat", "-S", "pgcelery.beat:PgScheduler", "-l", "INFO"]
+BEAT = ["celery", "-A", "tests.support.beat_app", "beat", "-S", "pgcelery.beat:PgScheduler"]
+BEAT += ["-l", "INFO"]
 WORKER = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1", "-l", "WARNING"]
 EVERY_SECOND = "tests.every_second"  # the entry tests.support.beat_app adds
 ENV = {"PGCELERY_BEAT_STANDBY_INTERVAL": "0.5", "PGCELERY_LOG_LEVEL": "INFO"}
@@ -45,10 +45,10 @@ def _leader_pid(url: str) -> int | None:
 
 
 @pytest.fixture
-def runs_db(database_url: str) -> Iterator[str]:
+def runs_db(database_url: str) -> str:
     with psycopg.connect(libpq(database_url), autocommit=True) as conn:
         conn.execute(RUNS_TABLE)
-    yield database_url
+    return database_url
 
 
 def test_killed_leader_is_replaced_and_each_run_fires_once(runs_db: str) -> None:
