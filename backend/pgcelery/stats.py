@@ -6,6 +6,7 @@ workers, so it works when they are stuck or gone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -143,7 +144,7 @@ def render_table(stats: Stats) -> str:
     return "\n".join(lines)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     if not rows:
         rows = [tuple("-" for _ in header)]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
