@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: install run test lint typecheck bench soak pipcheck audit lock clean
+.PHONY: install run test lint typecheck bench soak docs pipcheck audit lock clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -45,8 +45,11 @@ audit: pipcheck  ## pip check, and pip-audit of the locked dependencies (needs P
 bench: install  ## pgcelery vs stock kombu sqla vs Redis, side by side
 	$(VENV)/bin/python -m bench
 
-soak: install
-	$(VENV)/bin/python -m bench.soak
+soak: install  ## 20,000 tasks through the Procfile worker, RSS sampled (not in `make test`)
+	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
+
+docs: install  ## build the documentation site; any warning fails the build
+	$(VENV)/bin/mkdocs build --strict --site-dir .tools/site
 
 lock: | $(UV)
 	$(UV) lock

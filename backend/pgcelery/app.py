@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 from pgcelery import dsn
+from pgcelery.beat_schedule import default_schedule
 from pgcelery.settings import Settings
 
 #: Task modules every pgcelery app includes.
@@ -65,6 +66,9 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_heartbeat": 0,
+        # Several beat processes may run: one leads (advisory lock) and each run fires once.
+        "beat_scheduler": "pgcelery.beat:PgScheduler",
+        "beat_schedule": default_schedule(settings),
     }
 
 

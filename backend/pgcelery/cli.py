@@ -1,8 +1,14 @@
-"""The ``pgcelery`` command: migrate the schema and run the worker (embedded DB by default)."""
+"""The ``pgcelery`` command: migrate, check, run the worker, purge a queue, show statistics.
+
+Exit codes: 0 success; 1 the command did not do what was asked (``purge`` without ``--yes``,
+an unknown queue); 2 invalid configuration; ``check`` adds 3 (database unreachable), 4 (schema
+not at head) and 5 (missing privileges). See docs/reference/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -10,8 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgcelery import dsn, migrations
+import psycopg
+
+from pgcelery import dsn, migrations, preflight, stats
 from pgcelery.exceptions import ConfigurationError, PgceleryError
+from pgcelery.schema import Names
+from pgcelery.settings import Settings
 
 #: The worker command of the Procfile, CI and the subprocess test fixture.
 WORKER_COMMAND = ("celery", "-A", "pgcelery.celery_app", "worker", "-P", "solo", "-c", "1")
@@ -34,6 +44,56 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     migrations.upgrade(url, args.revision)
     after = migrations.current(url)
     print(f"pgcelery schema: {before or 'empty'} -> {after} ({dsn.redact(url)})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Configuration valid, database reachable, schema at head, privileges right."""
+
+    def report(finding: preflight.Finding) -> None:
+        mark = "ok  " if finding.ok else "FAIL"
+        print(f"{mark} {finding.name}: {finding.detail}", flush=True)
+
+    return int(preflight.run_checks(report))
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Delete the messages waiting in a queue; messages a worker holds are left alone."""
+    settings = Settings()
+    names = Names(settings.schema_name)
+    with psycopg.connect(dsn.libpq_url(settings.database_url)) as conn:
+        row = conn.execute(f"SELECT id FROM {names.queue} WHERE name = %s", (args.queue,))
+        found = row.fetchone()
+        if found is None:
+            known = [r[0] for r in conn.execute(f"SELECT name FROM {names.queue} ORDER BY name")]
+            print(
+                f"pgcelery: no queue named {args.queue!r}; queues: {', '.join(known) or 'none'}",
+                file=sys.stderr,
+            )
+            return 1
+        waiting = f"FROM {names.message} WHERE queue_id = %s AND visible_at <= now()"
+        if not args.yes:
+            count = conn.execute(f"SELECT count(*) {waiting}", (found[0],)).fetchone()
+            print(
+                f"pgcelery: would delete {count[0] if count else 0} waiting message(s) from "
+                f"{args.queue!r}; run again with --yes to delete them",
+                file=sys.stderr,
+            )
+            return 1
+        deleted = conn.execute(f"DELETE {waiting}", (found[0],)).rowcount
+    print(f"pgcelery: deleted {deleted} waiting message(s) from {args.queue!r}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Queue depths, oldest waiting message, in flight, recent failures, workers."""
+    settings = Settings()
+    with psycopg.connect(dsn.libpq_url(settings.database_url), autocommit=True) as conn:
+        collected = stats.collect(conn, settings.schema_name)
+    if args.json:
+        print(json.dumps(collected.as_json(), indent=2))
+    else:
+        print(stats.render_table(collected))
     return 0
 
 
@@ -126,6 +186,15 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="bring the schema to head (DATABASE_URL)")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(func=cmd_migrate)
+    check = sub.add_parser("check", help="check configuration, database, schema, privileges")
+    check.set_defaults(func=cmd_check)
+    purge = sub.add_parser("purge", help="delete the waiting messages of a queue")
+    purge.add_argument("--queue", required=True, help="queue name, for example celery")
+    purge.add_argument("--yes", action="store_true", help="really delete (else: count only)")
+    purge.set_defaults(func=cmd_purge)
+    stats_cmd = sub.add_parser("stats", help="queue depths, failures and workers")
+    stats_cmd.add_argument("--json", action="store_true", help="JSON for scripts")
+    stats_cmd.set_defaults(func=cmd_stats)
     worker = sub.add_parser("worker", help="run the worker (embedded DB if DATABASE_URL unset)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
@@ -149,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgceleryError as exc:
         print(f"pgcelery: {exc}", file=sys.stderr)
         return 2
+    except psycopg.OperationalError as exc:
+        headline = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"pgcelery: cannot reach the database: {headline}", file=sys.stderr)
+        return int(preflight.Exit.UNREACHABLE)
 
 
 if __name__ == "__main__":  # pragma: no cover

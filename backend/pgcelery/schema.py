@@ -25,6 +25,7 @@ TASK_TABLE = "celery_taskmeta"
 GROUP_TABLE = "celery_tasksetmeta"
 BROADCAST_TABLE = "pgcelery_broadcast"
 WORKER_TABLE = "pgcelery_worker"
+BEAT_TABLE = "pgcelery_beat"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
@@ -121,6 +122,17 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_worker_last_seen", worker.c.last_seen)
+    # Added by revision 0005: when each beat entry last fired (pgcelery.beat).
+    sa.Table(
+        BEAT_TABLE,
+        md,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("task", sa.Text, nullable=False),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("total_run_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("last_task_id", sa.Text),
+        schema=target,
+    )
     # Added by revision 0006: the dashboard's keyset-paginated reads of recent results.
     task = named(TASK_TABLE)
     sa.Index("ix_celery_taskmeta_status_date_done", task.c.status, task.c.date_done, task.c.id)
@@ -167,6 +179,10 @@ class Names:
     @cached_property
     def worker(self) -> str:
         return self._q(WORKER_TABLE)
+
+    @cached_property
+    def beat(self) -> str:
+        return self._q(BEAT_TABLE)
 
     def sequence(self, name: str) -> str:
         return self._q(name)

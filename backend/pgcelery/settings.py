@@ -90,6 +90,20 @@ class Settings(BaseSettings):
     tenant_guc: str = Field(default="app.current_tenant_id")
     correlation_guc: str = Field(default="app.correlation_id")
     materialized_views: list[str] = Field(default_factory=list)
+    beat_prune_results_interval: float = Field(
+        default=3600.0, ge=0, description="Seconds between scheduled prune_results; 0: never."
+    )
+    beat_refresh_views_interval: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds between scheduled refreshes of materialized_views; 0: never.",
+    )
+    beat_standby_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a standby beat waits between attempts to become the leader.",
+    )
     metrics_enabled: bool = Field(default=True)
     metrics_host: str = Field(default="0.0.0.0")
     metrics_port: int = Field(default=9808, ge=0, le=65535)

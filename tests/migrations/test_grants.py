@@ -20,6 +20,7 @@ EXPECTED_TABLES = {
     "kombu_message": DML,
     "celery_taskmeta": DML,
     "celery_tasksetmeta": DML,
+    "pgcelery_beat": {"SELECT", "INSERT", "UPDATE"},
     "pgcelery_alembic_version": {"SELECT"},
 }
 TABLE_PRIVILEGES = (*sorted(DML), "TRUNCATE", "REFERENCES", "TRIGGER")

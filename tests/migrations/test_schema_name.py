@@ -27,6 +27,7 @@ TABLES = {
     "celery_taskmeta",
     "celery_tasksetmeta",
     "pgcelery_worker",
+    "pgcelery_beat",
     VERSION_TABLE,
 }
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from pgcelery.async_tasks import async_task, run_async
 from pgcelery.retries import retry_policy
@@ -131,3 +131,20 @@ def run_async_twice() -> dict[str, Any]:
         "closed": first.is_closed() and second.is_closed(),
         "unset": unset_between and thread_event_loop() is None,
     }
+
+
+@shared_task(name="tests.progress_steps", bind=True)
+def progress_steps(self: Task, total: int, gate: str) -> int:
+    """Report each step, then wait for the test to create ``<gate>/<step>`` before going on."""
+    from pathlib import Path
+
+    from pgcelery.progress import report_progress
+
+    for step in range(1, total + 1):
+        report_progress(self, step, total, stage=f"step {step}")
+        deadline = time.monotonic() + 120
+        while not (Path(gate) / str(step)).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nobody opened gate {step}")
+            time.sleep(0.02)
+    return total

@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.schema import (
+    BEAT_TABLE,
     BROADCAST_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
@@ -44,6 +45,7 @@ PGCELERY_TABLES = frozenset(
         GROUP_TABLE,
         BROADCAST_TABLE,
         WORKER_TABLE,
+        BEAT_TABLE,
         VERSION_TABLE,
     }
 )

@@ -6,7 +6,7 @@ the ``tenant_id`` keyword argument as stored in ``kwargs`` (JSON bytes), read wi
 expression that never fails on a value that is not JSON.
 
 Revision ID: 0006_dashboard
-Revises: 0003_workers
+Revises: 0005_beat
 Create Date: 2026-11-21
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0006_dashboard"
-down_revision: str | None = "0003_workers"
+down_revision: str | None = "0005_beat"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
