@@ -31,6 +31,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
 from pgcelery import dsn
+from pgcelery.acks import PendingAcks
 from pgcelery.leases import LeaseRenewer
 from pgcelery.notify import listener
 from pgcelery.schema import MESSAGE_CHANNEL, Names
@@ -115,10 +116,21 @@ class Channel(virtual.Channel):
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
         self._renewer: LeaseRenewer | None = None
+        self._acks = PendingAcks(self._delete_acked)
         self._sql_claim = (
-            f"WITH c AS (SELECT id FROM {self.names.message}"
-            " WHERE queue_id = ANY(%s) AND visible AND visible_at <= now()"
-            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            # Pending acks ride along: the DELETE touches only rows this channel holds leased,
+            # which the claim below cannot select (their visible_at is in the future).
+            f"WITH acked AS (DELETE FROM {self.names.message} m"
+            " USING unnest(%s::bigint[], %s::uuid[]) AS a(id, token)"
+            " WHERE m.id = a.id AND m.lease_token = a.token),"
+            # One ordered index scan per queue, never a bitmap scan: an index scan marks the
+            # entries of deleted messages dead as it passes them, so the next claim skips them
+            # instead of re-reading every row deleted since the last vacuum.
+            " c AS (SELECT q.id FROM unnest(%s::int[]) AS qs(queue_id) CROSS JOIN LATERAL"
+            f" (SELECT id, priority FROM {self.names.message}"
+            " WHERE queue_id = qs.queue_id AND visible AND visible_at <= now()"
+            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) q"
+            " ORDER BY q.priority DESC, q.id LIMIT %s)"
             f" UPDATE {self.names.message} m"
             " SET visible_at = now() + make_interval(secs => %s),"
             " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1"
@@ -238,9 +250,18 @@ class Channel(virtual.Channel):
 
     def _claim(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
         ids = [self._queue_id(q) for q in queues]
-        rows = self._execute(
-            self._sql_claim, (ids, limit, self.visibility_timeout), role="consume"
-        ).fetchall()
+        acked_ids, acked_tokens = self._acks.take()
+        try:
+            rows = self._execute(
+                self._sql_claim,
+                (acked_ids, acked_tokens, ids, limit, limit, self.visibility_timeout),
+                role="consume",
+            ).fetchall()
+        except Exception:
+            self._acks.put_back(acked_ids, acked_tokens)
+            raise
+        for message_id in acked_ids:
+            self._forget(message_id)
         claimed = []
         for message_id, queue_id, token, deliveries, raw in rows:
             payload = loads(raw)
@@ -278,17 +299,23 @@ class Channel(virtual.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         parsed = _parse_tag(delivery_tag)
         if parsed is not None:
-            message_id, token = parsed
-            cur = self._execute(
-                f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s",
-                (message_id, token),
-                role="consume",
-            )
-            self._forget(message_id)
-            if cur.rowcount == 0:
-                log.warning("pgcelery.broker.ack_lost_lease", extra={"message_id": message_id})
+            self._acks.add(*parsed)
         super().basic_ack(delivery_tag)
         self.connection._wake.set()
+
+    def _delete_acked(self, ids: list[int], tokens: list[str]) -> None:
+        cur = self._execute(
+            f"DELETE FROM {self.names.message} m"
+            " USING unnest(%s::bigint[], %s::uuid[]) AS a(id, token)"
+            " WHERE m.id = a.id AND m.lease_token = a.token",
+            (ids, tokens),
+            role="consume",
+        )
+        for message_id in ids:
+            self._forget(message_id)
+        if cur.rowcount < len(ids):
+            # Fenced: the lease ran out and the message went to another worker.
+            log.warning("pgcelery.broker.ack_lost_lease", extra={"count": len(ids) - cur.rowcount})
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
         parsed = _parse_tag(delivery_tag)
@@ -329,6 +356,12 @@ class Channel(virtual.Channel):
             self._renewer.release(message_id)
 
     def close(self) -> None:
+        try:
+            self._acks.stop()
+            self._acks.flush_now()
+        except psycopg.Error as exc:
+            # Their leases run out and the messages run again: at least once, never lost.
+            log.warning("pgcelery.broker.ack_flush_failed", extra={"error": type(exc).__name__})
         try:
             super().close()
         finally:

@@ -76,8 +76,10 @@ def test_lease_expiry_redelivers_and_fences_the_old_holder(database_url: str) ->
         assert again.payload == {"n": 1}
         assert again.delivery_info["redelivered"] is True
         held.ack()  # the old holder lost its lease: this must not delete the new delivery
+        held.channel._acks.flush_now()  # acks ride the next claim; send this one now
         assert _rows(database_url, "SELECT count(*) FROM kombu_message") == [(1,)]
         again.ack()
+        again.channel._acks.flush_now()
         assert _rows(database_url, "SELECT count(*) FROM kombu_message") == [(0,)]
 
 
@@ -97,6 +99,7 @@ def test_renewal_keeps_a_held_message_from_others(database_url: str) -> None:
         while time.monotonic() < deadline:
             assert _try_get(two) is None
         held.ack()
+    # Closing the connection flushed the pending ack.
     assert _rows(database_url, "SELECT count(*) FROM kombu_message") == [(0,)]
 
 
@@ -130,3 +133,15 @@ def test_polling_interval_is_honoured_in_poll_only_mode(database_url: str) -> No
     # Only the result waiter listens; the broker did not open a LISTEN connection of its own.
     assert len(new) <= 1
     app.close()
+
+
+def test_an_ack_is_sent_soon_even_when_nothing_is_claimed(database_url: str) -> None:
+    with _kombu(database_url, visibility_timeout=60) as conn:
+        simple = conn.SimpleQueue("ack-timer")
+        simple.put({"n": 4})
+        simple.get(timeout=5).ack()
+        # No further claim carries it: the timer sends it within milliseconds.
+        wait_until(
+            lambda: _rows(database_url, "SELECT count(*) FROM kombu_message") == [(0,)],
+            timeout=5,
+        )

@@ -25,6 +25,9 @@ depends_on: str | Sequence[str] | None = None
 # (claimed) and deleted within seconds. Vacuum after a fixed number of changes rather than a
 # fraction of a table whose live size is near zero, and without cost-based sleeping.
 QUEUE_STORAGE = {
+    # Room on each page for a claim's new row version: claims touch no indexed column, so with
+    # free space they are HOT updates (no new index entries).
+    "fillfactor": "70",
     "autovacuum_vacuum_scale_factor": "0",
     "autovacuum_vacuum_threshold": "1000",
     "autovacuum_vacuum_insert_threshold": "1000",
