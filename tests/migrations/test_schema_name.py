@@ -27,6 +27,8 @@ TABLES = {
     "celery_taskmeta",
     "celery_tasksetmeta",
     "pgcelery_worker",
+    "pgcelery_broadcast",
+    "pgcelery_binding",
     VERSION_TABLE,
 }
 

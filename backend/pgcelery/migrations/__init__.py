@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.schema import (
+    BINDING_TABLE,
     BROADCAST_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
@@ -43,6 +44,7 @@ PGCELERY_TABLES = frozenset(
         TASK_TABLE,
         GROUP_TABLE,
         BROADCAST_TABLE,
+        BINDING_TABLE,
         WORKER_TABLE,
         VERSION_TABLE,
     }
