@@ -57,7 +57,8 @@ def _runs(url: str, label: str) -> int:
 
 
 def _only(reply: dict[str, Any] | None, node: str) -> Any:
-    assert reply is not None and node in reply, reply
+    assert reply is not None
+    assert node in reply, reply
     return reply[node]
 
 
@@ -71,7 +72,8 @@ def test_two_workers_answer_inspect_and_obey_control(
         pre = _worker(stack, database_url, "pre", "-P", "prefork", "-c", "1", "-Q", "pre")
         nodes = _nodes(app, 2)
         solo_name, pre_name = sorted(nodes, key=lambda n: not n.startswith("solo@"))
-        assert solo_name.startswith("solo@") and pre_name.startswith("pre@")
+        assert solo_name.startswith("solo@")
+        assert pre_name.startswith("pre@")
 
         pings = app.control.inspect(timeout=1.0).ping()
         assert pings == {solo_name: {"ok": "pong"}, pre_name: {"ok": "pong"}}
@@ -101,7 +103,8 @@ def test_two_workers_answer_inspect_and_obey_control(
 
         # add_consumer / cancel_consumer: the solo worker starts, then stops, taking "extra".
         replies = app.control.add_consumer("extra", destination=[solo_name], reply=True)
-        assert replies and "ok" in replies[0][solo_name]
+        assert replies
+        assert "ok" in replies[0][solo_name]
         queues = _only(app.control.inspect([solo_name], timeout=2.0).active_queues(), solo_name)
         assert "extra" in {q["name"] for q in queues}
         assert app.send_task("tests.add", (2, 3), queue="extra").get(timeout=60) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -43,10 +44,8 @@ class Listener:
         self.consumer.consume()
 
     def drain(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             self.conn.drain_events(timeout=0.05)
-        except TimeoutError:
-            pass
 
     def close(self) -> None:
         self.conn.release()
