@@ -127,7 +127,10 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         sa.Column("routing_key", sa.Text, nullable=False, server_default=sa.text("''")),
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
         ),
         schema=target,
     )

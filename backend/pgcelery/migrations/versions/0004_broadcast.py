@@ -49,9 +49,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("exchange", "queue", "routing_key"),
         schema=schema,
     )
-    op.create_index(
-        "ix_pgcelery_binding_expires_at", BINDING_TABLE, ["expires_at"], schema=schema
-    )
+    op.create_index("ix_pgcelery_binding_expires_at", BINDING_TABLE, ["expires_at"], schema=schema)
     # Readers keep a position (the last id they read) and never look back, so ids must become
     # visible in id order: every insert statement first takes a transaction-scoped advisory
     # lock (before the identity default is evaluated) and holds it until its commit is visible.
