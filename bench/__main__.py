@@ -20,6 +20,19 @@ from bench.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: An event consumer like Flower's, for the "events with a receiver" row: counts every event.
+EVENT_SINK = """
+import sys
+from bench.apps import app
+seen = [0]
+def count(event):
+    seen[0] += 1
+with app.connection_for_read() as conn:
+    receiver = app.events.Receiver(conn, handlers={"*": count})
+    print("ready", flush=True)
+    receiver.capture(limit=None, timeout=None, wakeup=False)
+"""
+
 
 def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
     print(f"  {config}, {workers} worker(s) ...", flush=True)
@@ -37,6 +50,46 @@ def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
         raise SystemExit(f"bench {config}/{workers} failed:\n{done.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_events(admin: str) -> list[dict[str, Any]]:
+    """pgcelery with worker_send_task_events off, on, and on with an event receiver attached."""
+    from pgcelery import migrations
+
+    found = []
+    for label, env, sink in (
+        ("pgcelery+events-off", {}, False),
+        ("pgcelery+events", {"BENCH_EVENTS": "1"}, False),
+        ("pgcelery+events+receiver", {"BENCH_EVENTS": "1"}, True),
+    ):
+        url = environment.fresh_database(admin)
+        receiver = None
+        try:
+            migrations.upgrade(url)
+            if sink:
+                receiver = subprocess.Popen(
+                    [sys.executable, "-c", EVENT_SINK],
+                    cwd=ROOT,
+                    env={
+                        **os.environ,
+                        "BENCH_CONFIG": "pgcelery",
+                        "DATABASE_URL": url,
+                        "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}",
+                    },
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert receiver.stdout is not None
+                receiver.stdout.readline()
+            result = run("pgcelery", 1, {"DATABASE_URL": url, **env})
+            result["config"] = label
+            found.append(result)
+        finally:
+            if receiver is not None:
+                receiver.terminate()
+                receiver.wait(30)
+            environment.drop_database(admin, url)
+    return found
 
 
 def main() -> None:
@@ -70,6 +123,9 @@ def main() -> None:
                     results.append(run(config, workers, {"DATABASE_URL": url}))
                 finally:
                     environment.drop_database(admin, url)
+        if os.environ.get("BENCH_SKIP_EVENTS") != "1":
+            print("  events: pgcelery without and with worker events ...", flush=True)
+            results += run_events(admin)
     text = render(header, results)
     print(text)
     (ROOT / "bench" / "RESULTS.md").write_text(text)

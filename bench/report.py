@@ -71,7 +71,41 @@ def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
             f"pgcelery worker RSS growth over 10,000 tasks: "
             f"{one['rss_after_mb'] - one['rss_before_mb']:+.1f} MB (one worker)."
         )
+    lines += _events_section(results)
     if not header.get("redis"):
         lines.append("No Redis was reachable or installed: the Redis column is empty.")
     lines.append("")
     return "\n".join(lines)
+
+
+EVENT_ROWS = [
+    ("e2e_per_s", "end-to-end no-op tasks with results (tasks/s)", True),
+    ("rtt_p50_ms", "round trip p50 (ms)", False),
+    ("sleep10_per_s", "10 ms tasks (tasks/s)", True),
+]
+
+
+def _events_section(results: list[dict[str, Any]]) -> list[str]:
+    """pgcelery without events, with worker_send_task_events, and with a receiver attached
+    (one worker, measured back to back); the budget is at most 10% fewer tasks/s."""
+    by = {r["config"]: r for r in results if r["config"].startswith("pgcelery")}
+    base = by.get("pgcelery+events-off")
+    on, sink = by.get("pgcelery+events"), by.get("pgcelery+events+receiver")
+    if base is None or (on is None and sink is None):
+        return []
+    on, sink = on or {}, sink or {}
+    lines = [
+        "",
+        "## Worker events (-E), one worker",
+        "",
+        "| measure | events off | events on | events on + receiver | on/off | on+receiver/off |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, higher in EVENT_ROWS:
+        a, b, c = base.get(key), on.get(key), sink.get(key)
+        lines.append(
+            f"| {label} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | "
+            f"{_ratio(b, a, higher)} | {_ratio(c, a, higher)} |"
+        )
+    lines.append("")
+    return lines

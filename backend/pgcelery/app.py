@@ -61,8 +61,8 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
             "schema": settings.schema_name,
             "async_commit": settings.worker_async_commit,
         },
-        # Remote control and events need a fanout exchange, which only the pgcelery transport
-        # offers; they are switched on when it is installed.
+        # Remote control is on (pgcelery's transport broadcasts through pgcelery_broadcast);
+        # task events stay opt-in (-E): they cost nothing until a receiver such as Flower binds.
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "broker_heartbeat": 0,

@@ -24,11 +24,14 @@ MESSAGE_TABLE = "kombu_message"
 TASK_TABLE = "celery_taskmeta"
 GROUP_TABLE = "celery_tasksetmeta"
 BROADCAST_TABLE = "pgcelery_broadcast"
+BINDING_TABLE = "pgcelery_binding"
 WORKER_TABLE = "pgcelery_worker"
 BEAT_TABLE = "pgcelery_beat"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
+#: NOTIFY channel for "a broadcast was published"; the payload is the exchange name.
+BROADCAST_CHANNEL = "pgcelery_broadcast"
 #: The tenant id in a result's stored kwargs (JSON bytes), as revision 0006 indexes it: an
 #: immutable expression that never raises, whatever bytes the column holds. Spelled the way
 #: PostgreSQL prints it back, so the no-drift comparison with the database matches.
@@ -122,6 +125,32 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_worker_last_seen", worker.c.last_seen)
+    # Added by revision 0004: the broadcast log (fanout and events) and shared bindings.
+    sa.Table(
+        BROADCAST_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("exchange", sa.Text, nullable=False),
+        sa.Column("routing_key", sa.Text, nullable=False, server_default=sa.text("''")),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        schema=target,
+    )
+    binding = sa.Table(
+        BINDING_TABLE,
+        md,
+        sa.Column("exchange", sa.Text, primary_key=True),
+        sa.Column("queue", sa.Text, primary_key=True),
+        sa.Column("routing_key", sa.Text, primary_key=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_binding_expires_at", binding.c.expires_at)
     # Added by revision 0005: when each beat entry last fired (pgcelery.beat).
     sa.Table(
         BEAT_TABLE,
@@ -175,6 +204,10 @@ class Names:
     @cached_property
     def broadcast(self) -> str:
         return self._q(BROADCAST_TABLE)
+
+    @cached_property
+    def binding(self) -> str:
+        return self._q(BINDING_TABLE)
 
     @cached_property
     def worker(self) -> str:

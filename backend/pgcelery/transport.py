@@ -32,9 +32,10 @@ from kombu.utils.json import dumps, loads
 
 from pgcelery import dsn
 from pgcelery.acks import PendingAcks
+from pgcelery.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.leases import LeaseRenewer
 from pgcelery.notify import listener
-from pgcelery.schema import MESSAGE_CHANNEL, Names
+from pgcelery.schema import BROADCAST_CHANNEL, MESSAGE_CHANNEL, Names
 from pgcelery.schema_check import check_schema
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class Channel(virtual.Channel):
         "listen",
         "schema",
         "async_commit",
+        "binding_ttl",
+        "broadcast_max_rows",
+        "broadcast_max_age",
+        "broadcast_prune_every",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -102,6 +107,13 @@ class Channel(virtual.Channel):
     schema: str = "public"
     #: Claims, acks, rejects and releases commit without waiting for the WAL flush.
     async_commit: bool = True
+    # Broadcast (pgcelery.broadcast): fanout across processes, for remote control and events.
+    supports_fanout = True
+    exchange_types = dict(EXCHANGE_TYPES)
+    binding_ttl: float = 30.0
+    broadcast_max_rows: int = 10_000
+    broadcast_max_age: float = 600.0
+    broadcast_prune_every: int = 100
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -117,6 +129,7 @@ class Channel(virtual.Channel):
         self._queue_names: dict[int, str] = {}
         self._renewer: LeaseRenewer | None = None
         self._acks = PendingAcks(self._delete_acked)
+        self.broadcast = ChannelBroadcast(self)
         self._sql_claim = (
             # Pending acks ride along: the DELETE touches only rows this channel holds leased,
             # which the claim below cannot select (their visible_at is in the future).
@@ -204,6 +217,9 @@ class Channel(virtual.Channel):
         return queue_id
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.broadcast.declared(
+            queue, kwargs.get("auto_delete", False), kwargs.get("exclusive", False)
+        )
         self._queue_id(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
@@ -227,7 +243,33 @@ class Channel(virtual.Channel):
         return cur.rowcount
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self.broadcast.forget(queue)
         self._purge(queue)
+
+    # -- broadcast hooks (pgcelery.broadcast) --------------------------------------------------
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        self.broadcast.bound(exchange, routing_key, queue)
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
+    ) -> None:
+        self.broadcast.publish(exchange, routing_key, message)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        if queue is not None:
+            self.broadcast.cancel(queue)
+        return super().basic_cancel(consumer_tag)
+
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
+        if self.broadcast.drain():
+            return None
+        if self._consumers and self.qos.can_consume():
+            queues = [q for q in self._active_queues if not self.broadcast.fed_by_log(q)]
+            if queues:
+                return self._get_many(queues, timeout=timeout)
+        raise Empty()
 
     # -- publish -----------------------------------------------------------------------------
 
@@ -245,8 +287,29 @@ class Channel(virtual.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         # LISTEN before the first claim, so no wake-up can fall between the two.
         self.connection._ensure_listening()
-        self._queue_id(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+        fed_by_log = self.broadcast.consume(queue)
+        if not fed_by_log:
+            self._queue_id(queue)
+        consumed = super().basic_consume(queue, no_ack, *args, **kwargs)
+        if no_ack and not fed_by_log:
+            self._delete_on_delivery(queue)
+        return consumed
+
+    def _delete_on_delivery(self, queue: str) -> None:
+        """``no_ack``: nobody will ack (remote control replies), so the row goes as it is handed
+        over; otherwise it would come back every visibility timeout, forever."""
+        deliver = self.connection._callbacks[queue]
+
+        def delete_then_deliver(raw: dict[str, Any]) -> Any:
+            parsed = _parse_tag(raw.get("properties", {}).get("delivery_tag", ""))
+            if parsed is not None:
+                self._execute(
+                    f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s", parsed
+                )
+                self._forget(parsed[0])
+            return deliver(raw)
+
+        self.connection._callbacks[queue] = delete_then_deliver
 
     def _claim(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
         ids = [self._queue_id(q) for q in queues]
@@ -367,6 +430,7 @@ class Channel(virtual.Channel):
         finally:
             if self._renewer is not None:
                 self._renewer.stop()
+            self.broadcast.close()
             self._drop_connection()
 
 
@@ -376,11 +440,14 @@ class Transport(virtual.Transport):
     Channel = Channel
     can_parse_url = True
     default_port = 0
-    driver_type = "sql"
+    # Not "sql": Celery switches events off for that driver type (celery/events/dispatcher.py).
+    driver_type = "postgresql"
     driver_name = "pgcelery"
     polling_interval = 1.0
     implements = virtual.Transport.implements.extend(
-        asynchronous=False, exchange_type=frozenset(["direct", "topic"]), heartbeats=False
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+        heartbeats=False,
     )
     connection_errors = (
         *virtual.Transport.connection_errors,
@@ -415,6 +482,7 @@ class Transport(virtual.Transport):
             return
         conninfo = dsn.libpq_url(self.client.hostname)
         listener(conninfo).subscribe(MESSAGE_CHANNEL, self._on_notify)
+        listener(conninfo).subscribe(BROADCAST_CHANNEL, self._on_notify)
         self._listening = True
 
     def _on_notify(self, payload: str | None) -> None:

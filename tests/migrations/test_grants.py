@@ -22,9 +22,17 @@ EXPECTED_TABLES = {
     "celery_tasksetmeta": DML,
     "pgcelery_beat": {"SELECT", "INSERT", "UPDATE"},
     "pgcelery_alembic_version": {"SELECT"},
+    "pgcelery_broadcast": {"SELECT", "INSERT", "DELETE"},
+    "pgcelery_binding": DML,
 }
 TABLE_PRIVILEGES = (*sorted(DML), "TRUNCATE", "REFERENCES", "TRIGGER")
-SEQUENCES = ("queue_id_sequence", "message_id_sequence", "task_id_sequence", "taskset_id_sequence")
+SEQUENCES = (
+    "queue_id_sequence",
+    "message_id_sequence",
+    "task_id_sequence",
+    "taskset_id_sequence",
+    "pgcelery_broadcast_id_seq",
+)
 
 
 @pytest.fixture

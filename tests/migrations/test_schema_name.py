@@ -28,6 +28,8 @@ TABLES = {
     "celery_tasksetmeta",
     "pgcelery_worker",
     "pgcelery_beat",
+    "pgcelery_broadcast",
+    "pgcelery_binding",
     VERSION_TABLE,
 }
 

@@ -22,6 +22,7 @@ from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.schema import (
     BEAT_TABLE,
+    BINDING_TABLE,
     BROADCAST_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
@@ -44,6 +45,7 @@ PGCELERY_TABLES = frozenset(
         TASK_TABLE,
         GROUP_TABLE,
         BROADCAST_TABLE,
+        BINDING_TABLE,
         WORKER_TABLE,
         BEAT_TABLE,
         VERSION_TABLE,

@@ -1,7 +1,7 @@
 """Beat state: when each periodic task last fired, for exactly-once runs across beat processes.
 
 Revision ID: 0005_beat
-Revises: 0003_workers
+Revises: 0004_broadcast
 Create Date: 2026-11-22
 """
 
@@ -16,7 +16,7 @@ from pgcelery.migrations.grants import grant
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0005_beat"
-down_revision: str | None = "0003_workers"
+down_revision: str | None = "0004_broadcast"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
