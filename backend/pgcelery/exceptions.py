@@ -33,6 +33,11 @@ class SchemaBehind(SchemaError):
     """The database schema is behind the code: run `pgcelery migrate` or `alembic upgrade head`."""
 
 
+class SchemaChangedWhileRunning(SchemaError):
+    """The schema changed under a running process: waiting for `pgcelery migrate` to bring it
+    back to head (the worker stays up, /health reports 503 until then)."""
+
+
 class TenancyError(PgceleryError):
     """The task's tenant is missing or invalid."""
 

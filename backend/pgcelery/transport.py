@@ -26,6 +26,7 @@ from time import monotonic
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import sqlalchemy.exc
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
@@ -33,6 +34,7 @@ from kombu.utils.json import dumps, loads
 from pgcelery import dsn
 from pgcelery.acks import PendingAcks
 from pgcelery.broadcast import EXCHANGE_TYPES, ChannelBroadcast
+from pgcelery.exceptions import SchemaChangedWhileRunning, SchemaError
 from pgcelery.leases import LeaseRenewer
 from pgcelery.notify import listener
 from pgcelery.schema import BROADCAST_CHANNEL, MESSAGE_CHANNEL, Names
@@ -46,6 +48,8 @@ _ENQUEUE_CONNECTION: contextvars.ContextVar[psycopg.Connection[Any] | None] = (
     contextvars.ContextVar("pgcelery_enqueue_connection", default=None)
 )
 MAX_BATCH = 100
+#: Broker URLs this process has connected to with the schema at head.
+_RAN_ON: set[str] = set()
 
 
 @contextmanager
@@ -455,6 +459,11 @@ class Transport(virtual.Transport):
         psycopg.InterfaceError,
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
+        # A table or column gone from under a running process (a downgrade, a restore): retried
+        # like an outage, see establish_connection.
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedColumn,
+        SchemaChangedWhileRunning,
     )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
@@ -469,9 +478,18 @@ class Transport(virtual.Transport):
 
     def establish_connection(self) -> Any:
         # Connect now, so an unreachable database is a connection error that Celery retries,
-        # not a failure at the first publish or claim; and refuse a database that is not
-        # migrated to head (SchemaError is not a connection error, so nothing retries it).
-        check_schema(self.client.hostname, self.client.transport_options.get("schema", "public"))
+        # not a failure at the first publish or claim. A database that is not at head stops a
+        # process that never ran on it (SchemaError is not a connection error: fail fast, with
+        # the command to run); a process that was already running keeps retrying instead,
+        # so a worker survives a schema change and resumes once migrated.
+        url = self.client.hostname
+        try:
+            check_schema(url, self.client.transport_options.get("schema", "public"))
+        except SchemaError as exc:
+            if url in _RAN_ON:
+                raise SchemaChangedWhileRunning(str(exc)) from None
+            raise
+        _RAN_ON.add(url)
         channel = self.create_channel(self)
         channel._conn()
         self._avail_channels.append(channel)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pgcelery import migrations
+from pgcelery import create_app, migrations
+from pgcelery.settings import Settings
 from tests.support.scrape import sample
 from tests.support.waiting import wait_until
 from tests.support.workers import free_port, http_get, metrics_worker_env, worker_process
@@ -49,4 +50,9 @@ def test_health_turns_503_when_the_schema_is_behind_and_200_when_migrated(
             lambda: (reply := _health(port))[0] in (200, 503) and reply, timeout=TIMEOUT
         )
         assert (status, body["status"]) == (200, "ok")
+        assert worker.alive()
+        # The worker survived the schema change and serves tasks again once migrated.
+        client = create_app("health-client", settings=Settings(DATABASE_URL=database_url))
+        assert client.send_task("tests.add", args=(2, 2)).get(timeout=TIMEOUT) == 4
+        client.close()
         assert worker.alive()
