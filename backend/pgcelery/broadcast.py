@@ -33,7 +33,7 @@ from pgcelery.notify import listener
 from pgcelery.schema import BROADCAST_CHANNEL
 
 if TYPE_CHECKING:
-    from pgcelery.transport import Channel
+    from pgcelery.channel import Channel
 
 log = logging.getLogger(__name__)
 
