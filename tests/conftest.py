@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 
+import psycopg
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController, start_worker
@@ -83,3 +84,25 @@ def worker(app: Celery) -> Iterator[TestWorkController]:
             )
         )
         yield controller
+
+
+@pytest.fixture
+def runs_db(database_url: str) -> str:
+    """A fresh database with the ``test_runs`` table that ``tests.record_run`` writes to."""
+    from tests.support.broker_tasks import RUNS_TABLE
+
+    with psycopg.connect(postgres.libpq(database_url), autocommit=True) as conn:
+        conn.execute(RUNS_TABLE)
+    return database_url
+
+
+@pytest.fixture
+def runs_app(runs_db: str) -> Iterator[Celery]:
+    """A client/in-process app on ``runs_db`` with the test tasks and ``tests.record_run``."""
+    celery_app = create_app(
+        "runs-test",
+        include=["tests.support.tasks", "tests.support.broker_tasks"],
+        settings=Settings(DATABASE_URL=runs_db, PGCELERY_METRICS_ENABLED=False),
+    )
+    yield celery_app
+    celery_app.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,46 +17,21 @@ from pgcelery import create_app, dsn, enqueue_in, migrations
 from pgcelery.embedded import EmbeddedPostgres
 from pgcelery.settings import Settings
 from tests.support.broker_tasks import RUNS_TABLE
-from tests.support.postgres import libpq
+from tests.support.postgres import libpq, scalar
 from tests.support.waiting import wait_until
 from tests.support.workers import worker_process
 
 WORKER = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1", "-l", "WARNING"]
 
 
-def _count(url: str, query: str) -> int:
-    with psycopg.connect(libpq(url)) as conn:
-        row = conn.execute(query).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture
-def runs_db(database_url: str) -> str:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        conn.execute(RUNS_TABLE)
-    return database_url
-
-
-@pytest.fixture
-def client(runs_db: str) -> Iterator[Celery]:
-    app = create_app(
-        "fault-client",
-        include=["tests.support.broker_tasks"],
-        settings=Settings(DATABASE_URL=runs_db, PGCELERY_METRICS_ENABLED=False),
-    )
-    yield app
-    app.close()
-
-
-def test_sigkill_mid_task_twenty_times_loses_nothing(client: Celery, runs_db: str) -> None:
-    results = [client.send_task("tests.record_run", args=(f"t{i}", 0.4)) for i in range(30)]
+def test_sigkill_mid_task_twenty_times_loses_nothing(runs_app: Celery, runs_db: str) -> None:
+    results = [runs_app.send_task("tests.record_run", args=(f"t{i}", 0.4)) for i in range(30)]
     env = {"PGCELERY_VISIBILITY_TIMEOUT": "1"}
     for _ in range(20):
         with worker_process(runs_db, WORKER, env) as worker:
             # Mid-task: the worker holds a lease on a message it has not finished.
             wait_until(
-                lambda: _count(
+                lambda: scalar(
                     runs_db,
                     "SELECT count(*) FROM kombu_message"
                     " WHERE lease_token IS NOT NULL AND visible_at > now()",
@@ -70,16 +44,16 @@ def test_sigkill_mid_task_twenty_times_loses_nothing(client: Celery, runs_db: st
     with worker_process(runs_db, WORKER, env):
         states = [r.get(timeout=120) and r.status for r in results]
     assert states == ["SUCCESS"] * len(results)
-    labels = _count(runs_db, "SELECT count(DISTINCT label) FROM test_runs")
+    labels = scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs")
     assert labels == len(results)
-    assert _count(runs_db, "SELECT count(*) FROM kombu_message") == 0
+    assert scalar(runs_db, "SELECT count(*) FROM kombu_message") == 0
 
 
 @pytest.mark.timeout(1500)
-def test_four_workers_5000_tasks_each_run_once(client: Celery, runs_db: str) -> None:
+def test_four_workers_5000_tasks_each_run_once(runs_app: Celery, runs_db: str) -> None:
     total = 20_000
     engine = sa.create_engine(dsn.sync_url(runs_db))
-    task = client.tasks["tests.record_run"]
+    task = runs_app.tasks["tests.record_run"]
     # One transaction for the whole batch: fast, and all-or-nothing.
     with engine.begin() as conn, enqueue_in(conn):
         for i in range(total):
@@ -88,16 +62,16 @@ def test_four_workers_5000_tasks_each_run_once(client: Celery, runs_db: str) -> 
     with ExitStack() as stack:
         workers = [stack.enter_context(worker_process(runs_db, WORKER)) for _ in range(4)]
         wait_until(
-            lambda: _count(runs_db, "SELECT count(*) FROM test_runs") >= total,
+            lambda: scalar(runs_db, "SELECT count(*) FROM test_runs") >= total,
             timeout=900,
             interval=0.5,
             what="every task to run",
         )
         assert all(w.alive() for w in workers)
-        wait_until(lambda: _count(runs_db, "SELECT count(*) FROM kombu_message") == 0)
-    assert _count(runs_db, "SELECT count(*) FROM test_runs") == total
-    assert _count(runs_db, "SELECT count(DISTINCT task_id) FROM test_runs") == total
-    assert _count(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 4
+        wait_until(lambda: scalar(runs_db, "SELECT count(*) FROM kombu_message") == 0)
+    assert scalar(runs_db, "SELECT count(*) FROM test_runs") == total
+    assert scalar(runs_db, "SELECT count(DISTINCT task_id) FROM test_runs") == total
+    assert scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 4
 
 
 def test_postgres_restart_mid_load_loses_nothing() -> None:
@@ -136,14 +110,14 @@ def test_postgres_restart_mid_load_loses_nothing() -> None:
             assert not failed, failed
             assert len(sent) == 150
             wait_until(
-                lambda: _count(url, "SELECT count(DISTINCT label) FROM test_runs") == 150,
+                lambda: scalar(url, "SELECT count(DISTINCT label) FROM test_runs") == 150,
                 timeout=180,
                 interval=0.2,
                 what="all tasks after the restart",
             )
             assert one.alive()
             assert two.alive()
-            wait_until(lambda: _count(url, "SELECT count(*) FROM kombu_message") == 0, timeout=60)
+            wait_until(lambda: scalar(url, "SELECT count(*) FROM kombu_message") == 0, timeout=60)
         app.close()
     finally:
         server.stop()

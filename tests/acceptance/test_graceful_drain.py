@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
-import psycopg
 import pytest
 from celery import Celery
 
-from pgcelery import create_app
-from pgcelery.settings import Settings
-from tests.support.broker_tasks import RUNS_TABLE
-from tests.support.postgres import libpq
+from tests.support.postgres import scalar
 from tests.support.waiting import wait_until
 from tests.support.workers import worker_process
 
@@ -23,41 +18,21 @@ SOLO = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1", 
 HELD = {"PGCELERY_VISIBILITY_TIMEOUT": "600", "PGCELERY_PREFETCH_MULTIPLIER": "4"}
 
 
-def _scalar(url: str, query: str) -> int:
-    with psycopg.connect(libpq(url)) as conn:
-        row = conn.execute(query).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture
-def client(database_url: str) -> Iterator[Celery]:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        conn.execute(RUNS_TABLE)
-    app = create_app(
-        "drain-client",
-        include=["tests.support.broker_tasks"],
-        settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False),
-    )
-    yield app
-    app.close()
-
-
 POOLS = [["-P", "prefork", "-c", "2"], ["-P", "solo"]]
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=lambda argv: argv[1])
 def test_sigterm_under_load_hands_back_and_nothing_runs_twice(
-    client: Celery, database_url: str, pool: list[str]
+    runs_app: Celery, database_url: str, pool: list[str]
 ) -> None:
-    results = [client.send_task("tests.record_run", args=(f"d{i}", 0.05)) for i in range(TOTAL)]
+    results = [runs_app.send_task("tests.record_run", args=(f"d{i}", 0.05)) for i in range(TOTAL)]
     with worker_process(database_url, [*WORKER, *pool], HELD) as first:
         wait_until(
-            lambda: _scalar(database_url, "SELECT count(*) FROM test_runs") >= 20,
+            lambda: scalar(database_url, "SELECT count(*) FROM test_runs") >= 20,
             timeout=120,
             what="the first worker to be mid-run",
         )
-        held = _scalar(database_url, "SELECT count(*) FROM kombu_message WHERE visible_at > now()")
+        held = scalar(database_url, "SELECT count(*) FROM kombu_message WHERE visible_at > now()")
         first.signal(signal.SIGTERM)
         code = first.proc.wait(60)
         output = first.output()
@@ -65,13 +40,13 @@ def test_sigterm_under_load_hands_back_and_nothing_runs_twice(
     assert held > 2, "the worker should have held prefetched messages when it was stopped"
     # Handed back on the way out, not left to a lease that runs for ten more minutes.
     leased = "SELECT count(*) FROM kombu_message WHERE lease_token IS NOT NULL"
-    assert _scalar(database_url, leased) == 0, output
-    done_by_first = _scalar(database_url, "SELECT count(*) FROM test_runs")
+    assert scalar(database_url, leased) == 0, output
+    done_by_first = scalar(database_url, "SELECT count(*) FROM test_runs")
     assert done_by_first < TOTAL
 
     with worker_process(database_url, SOLO, HELD):
         states = [r.get(timeout=180) and r.status for r in results]
     assert states == ["SUCCESS"] * TOTAL
-    assert _scalar(database_url, "SELECT count(*) FROM test_runs") == TOTAL
-    assert _scalar(database_url, "SELECT count(DISTINCT label) FROM test_runs") == TOTAL
-    assert _scalar(database_url, "SELECT count(*) FROM kombu_message") == 0
+    assert scalar(database_url, "SELECT count(*) FROM test_runs") == TOTAL
+    assert scalar(database_url, "SELECT count(DISTINCT label) FROM test_runs") == TOTAL
+    assert scalar(database_url, "SELECT count(*) FROM kombu_message") == 0

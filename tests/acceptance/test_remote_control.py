@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import psycopg
-import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
-from pgcelery import create_app
-from pgcelery.settings import Settings
-from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, worker_process
@@ -26,19 +21,6 @@ APP = ["celery", "-A", "tests.support.app", "worker", "-l", "INFO", "--without-m
 def _worker(stack: ExitStack, url: str, name: str, *pool: str) -> WorkerProcess:
     argv = [*APP, "-n", f"{name}@%h", *(pool or ("-P", "solo", "-c", "1"))]
     return stack.enter_context(worker_process(url, argv))
-
-
-@pytest.fixture
-def control_app(database_url: str) -> Iterator[Celery]:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        conn.execute(RUNS_TABLE)
-    app = create_app(
-        "control-test",
-        include=["tests.support.tasks", "tests.support.broker_tasks"],
-        settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False),
-    )
-    yield app
-    app.close()
 
 
 def _nodes(app: Celery, count: int) -> list[str]:
@@ -62,10 +44,8 @@ def _only(reply: dict[str, Any] | None, node: str) -> Any:
     return reply[node]
 
 
-def test_two_workers_answer_inspect_and_obey_control(
-    control_app: Celery, database_url: str
-) -> None:
-    app = control_app
+def test_two_workers_answer_inspect_and_obey_control(runs_app: Celery, database_url: str) -> None:
+    app = runs_app
     with ExitStack() as stack:
         solo = _worker(stack, database_url, "solo")
         # A solo worker answers nothing while it runs a task: the prefork one (own queue) does.
@@ -131,8 +111,8 @@ def test_two_workers_answer_inspect_and_obey_control(
         assert pre.alive()
 
 
-def test_revoked_queued_tasks_never_run(control_app: Celery, database_url: str) -> None:
-    app = control_app
+def test_revoked_queued_tasks_never_run(runs_app: Celery, database_url: str) -> None:
+    app = runs_app
     with ExitStack() as stack:
         _worker(stack, database_url, "one")
         _nodes(app, 1)

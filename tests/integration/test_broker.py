@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from queue import Empty
 
 import psycopg
-import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection
@@ -16,7 +14,6 @@ from kombu.simple import SimpleQueue
 
 from pgcelery import create_app, notify
 from pgcelery.settings import Settings
-from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until
 
@@ -24,19 +21,6 @@ from tests.support.waiting import wait_until
 def _rows(url: str, query: str) -> list[tuple[object, ...]]:
     with psycopg.connect(libpq(url)) as conn:
         return conn.execute(query).fetchall()
-
-
-@pytest.fixture
-def broker_app(database_url: str) -> Iterator[Celery]:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        conn.execute(RUNS_TABLE)
-    app = create_app(
-        "broker-test",
-        include=["tests.support.tasks", "tests.support.broker_tasks"],
-        settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False),
-    )
-    yield app
-    app.close()
 
 
 def _kombu(url: str, **options: object) -> Connection:
@@ -47,18 +31,18 @@ def _kombu(url: str, **options: object) -> Connection:
     )
 
 
-def test_priority_orders_claims_within_a_queue(broker_app: Celery, database_url: str) -> None:
+def test_priority_orders_claims_within_a_queue(runs_app: Celery, database_url: str) -> None:
     for label, priority in [("low", 0), ("mid", 5), ("high", 9), ("low2", 0)]:
-        broker_app.send_task("tests.record_run", args=(label,), priority=priority)
-    with start_worker(broker_app, pool="solo", concurrency=1, perform_ping_check=False):
+        runs_app.send_task("tests.record_run", args=(label,), priority=priority)
+    with start_worker(runs_app, pool="solo", concurrency=1, perform_ping_check=False):
         wait_until(lambda: len(_rows(database_url, "SELECT 1 FROM test_runs")) == 4)
     order = [r[0] for r in _rows(database_url, "SELECT label FROM test_runs ORDER BY at")]
     assert order == ["high", "mid", "low", "low2"]
 
 
-def test_ack_deletes_and_table_stays_empty(broker_app: Celery, database_url: str) -> None:
-    with start_worker(broker_app, pool="solo", concurrency=1, perform_ping_check=False):
-        results = [broker_app.send_task("tests.add", args=(i, i)) for i in range(50)]
+def test_ack_deletes_and_table_stays_empty(runs_app: Celery, database_url: str) -> None:
+    with start_worker(runs_app, pool="solo", concurrency=1, perform_ping_check=False):
+        results = [runs_app.send_task("tests.add", args=(i, i)) for i in range(50)]
         assert [r.get(timeout=30) for r in results] == [2 * i for i in range(50)]
     assert _rows(database_url, "SELECT count(*) FROM kombu_message") == [(0,)]
 

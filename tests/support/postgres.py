@@ -64,3 +64,11 @@ def embedded_server() -> Iterator[str]:
         yield server.url()
     finally:
         server.stop()
+
+
+def scalar(url: str, query: str) -> int:
+    """The single integer ``query`` returns (a count, usually)."""
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
