@@ -10,11 +10,12 @@ from contextlib import ExitStack
 import psycopg
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import TestWorkController, start_worker
+from celery.contrib.testing.worker import TestWorkController
 
 from pgcelery import create_app, migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
+from tests.support.workers import solo_worker
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +79,7 @@ def app(settings: Settings) -> Iterator[Celery]:
 def worker(app: Celery) -> Iterator[TestWorkController]:
     """An in-process solo worker consuming the default queue."""
     with ExitStack() as stack:
-        controller = stack.enter_context(
-            start_worker(
-                app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
-            )
-        )
+        controller = stack.enter_context(solo_worker(app))
         yield controller
 
 

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import TestWorkController, start_worker
+from celery.contrib.testing.worker import TestWorkController
 
 from pgcelery import create_app, db, tenant_context
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from pgcelery.tasks.maintenance import prune_results, refresh_materialized_views
 from tests.support.postgres import libpq
+from tests.support.workers import solo_worker
 
 TIMEOUT = 60
 TENANT = "0b1c6a46-6c53-4b0e-9d7b-6c2f8f1f4e11"
@@ -50,9 +51,7 @@ def views_app(database_url: str) -> Iterator[Celery]:
 
 @pytest.fixture
 def views_worker(views_app: Celery) -> Iterator[TestWorkController]:
-    with start_worker(
-        views_app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
-    ) as controller:
+    with solo_worker(views_app) as controller:
         yield controller
 
 

@@ -7,12 +7,12 @@ from contextlib import ExitStack
 
 import psycopg
 import pytest
-from celery.contrib.testing.worker import start_worker
 
 from pgcelery import create_app, migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.schemas import login_role, url_as
+from tests.support.workers import solo_worker
 
 DML = {"SELECT", "INSERT", "UPDATE", "DELETE"}
 EXPECTED_TABLES = {
@@ -108,11 +108,7 @@ def test_worker_as_app_role_processes_tasks(granted: tuple[str, str, str]) -> No
     app = create_app("pgcelery-role", include=["tests.support.tasks"], settings=settings)
     with ExitStack() as stack:
         stack.callback(app.close)
-        stack.enter_context(
-            start_worker(
-                app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
-            )
-        )
+        stack.enter_context(solo_worker(app))
         results = [app.send_task("tests.add", args=(i, i)) for i in range(3)]
         assert [r.get(timeout=30) for r in results] == [0, 2, 4]
         with psycopg.connect(postgres.libpq(owner_url)) as conn:

@@ -11,14 +11,13 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from celery.contrib.testing.worker import start_worker
 
 from pgcelery import create_app, dsn, migrations
 from pgcelery.schema import VERSION_TABLE, build_metadata
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.schemas import relations
-from tests.support.workers import ROOT
+from tests.support.workers import ROOT, solo_worker
 
 SCHEMA = "pgcelery_jobs"
 TABLES = {
@@ -86,11 +85,7 @@ def test_task_round_trip_in_the_schema(schema_url: str) -> None:
     app = create_app("pgcelery-schema", include=["tests.support.tasks"], settings=settings)
     with ExitStack() as stack:
         stack.callback(app.close)
-        stack.enter_context(
-            start_worker(
-                app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
-            )
-        )
+        stack.enter_context(solo_worker(app))
         assert app.send_task("tests.add", args=(20, 22)).get(timeout=30) == 42
     with psycopg.connect(libpq(schema_url)) as conn:
         assert conn.execute(f"SELECT count(*) FROM {SCHEMA}.kombu_message").fetchone() == (0,)

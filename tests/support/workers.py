@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,14 @@ def metrics_worker_env(port: int, **extra: str) -> dict[str, str]:
         "PGCELERY_METRICS_PORT": str(port),
         **extra,
     }
+
+
+@contextmanager
+def solo_worker(app: Any) -> Iterator[Any]:
+    """An in-process solo worker (``celery.contrib.testing``) consuming ``app``'s queues."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
+    ) as controller:
+        yield controller

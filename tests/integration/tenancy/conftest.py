@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import TestWorkController, start_worker
+from celery.contrib.testing.worker import TestWorkController
 from sqlalchemy.engine import make_url
 
 from pgcelery import create_app, db
 from pgcelery.settings import Settings
 from tests.support import rls
 from tests.support.postgres import drop_database
+from tests.support.workers import solo_worker
 
 #: Tenant i owns i + 1 notes, so every tenant's row count is distinct.
 TENANT_COUNT = 5
@@ -67,7 +68,5 @@ def tenant_app(tenant_settings: Settings) -> Iterator[Celery]:
 
 @pytest.fixture
 def tenant_worker(tenant_app: Celery) -> Iterator[TestWorkController]:
-    with start_worker(
-        tenant_app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30
-    ) as controller:
+    with solo_worker(tenant_app) as controller:
         yield controller
