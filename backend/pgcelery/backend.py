@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import cached_property
+from functools import cached_property, partial
 from time import monotonic
 from typing import Any
 
@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery import connections, dsn
+from pgcelery.deferred_start import DeferredStarts
 from pgcelery.notify import listener
 from pgcelery.observability import redaction
 from pgcelery.schema import RESULT_CHANNEL, Names
@@ -79,6 +80,15 @@ class _Waiters:
 
 
 _WAITERS: dict[int, _Waiters] = {}
+_DEFERRED: dict[float, DeferredStarts] = {}
+
+
+def _deferred_starts(delay: float) -> DeferredStarts:
+    # One per process and delay: every backend instance of a worker shares the timer thread.
+    found = _DEFERRED.get(delay)
+    if found is None:
+        found = _DEFERRED[delay] = DeferredStarts(delay)
+    return found
 
 
 class PgBackend(DatabaseBackend):
@@ -95,6 +105,8 @@ class PgBackend(DatabaseBackend):
         # A result lost in a server crash is rewritten when the (also lost) ack makes the task
         # run again: WAL order puts the result's commit before the ack's.
         self._async_commit = bool(getattr(settings, "worker_async_commit", False))
+        delay = float(getattr(settings, "started_state_delay", 0.0))
+        self._deferred_starts = _deferred_starts(delay) if delay > 0 else None
 
     def ResultSession(self, session_manager: Any = None) -> Session:
         options = {k: v for k, v in self.engine_options.items() if k != "poolclass"}
@@ -119,6 +131,17 @@ class PgBackend(DatabaseBackend):
             result = redaction.scrub_exception(result)
         if traceback:
             traceback = redaction.scrub(traceback)
+        deferred = self._deferred_starts
+        if deferred is not None:
+            if state == states.STARTED:
+                deferred.defer(
+                    task_id,
+                    partial(
+                        super().store_result, task_id, result, state, request=request, **kwargs
+                    ),
+                )
+                return result
+            deferred.settle(task_id)
         return super().store_result(
             task_id, result, state, traceback=traceback, request=request, **kwargs
         )
@@ -140,9 +163,15 @@ class PgBackend(DatabaseBackend):
             conn.execute(self._sql_upsert, (task_id, *values))
 
     @cached_property
+    def _mapped(self) -> tuple[str, ...]:
+        # Not the table's columns: Celery's TaskExtended extends the very Table object its plain
+        # Task maps, so with result_extended off the table has columns the row class lacks.
+        return tuple(c.name for c in sa.inspect(self.task_cls).columns)
+
+    @cached_property
     def _columns(self) -> tuple[str, ...]:
         skip = {"id", "task_id", "date_done"}
-        return tuple(c.name for c in self._task_table.columns if c.name not in skip)
+        return tuple(name for name in self._mapped if name not in skip)
 
     @cached_property
     def _sql_upsert(self) -> str:
@@ -162,7 +191,7 @@ class PgBackend(DatabaseBackend):
     @cached_property
     def _sql_select(self) -> str:
         names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{c.name}"' for c in self._task_table.columns)
+        columns = ", ".join(f'"{name}"' for name in self._mapped)
         return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
 
     def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
@@ -172,8 +201,8 @@ class PgBackend(DatabaseBackend):
         if found is None:
             return None
         row = self.task_cls(task_id)
-        for column, value in zip(self._task_table.columns, found, strict=True):
-            setattr(row, column.name, value)
+        for name, value in zip(self._mapped, found, strict=True):
+            setattr(row, name, value)
         return row
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         default=True,
         description="Workers commit claims, acks and results without waiting for the WAL flush.",
     )
+    started_state_delay: float = Field(
+        default=0.1,
+        ge=0,
+        le=3600,
+        description="Seconds a task runs before its STARTED state is stored (0: at once).",
+    )
     prefetch_multiplier: int = Field(default=1, ge=1, le=1000)
     task_soft_time_limit: float = Field(default=300.0, gt=0)
     task_time_limit: float = Field(default=330.0, gt=0)
