@@ -133,7 +133,9 @@ class PgBackend(DatabaseBackend):
             traceback = redaction.scrub(traceback)
         deferred = self._deferred_starts
         if deferred is not None:
-            if state == states.STARTED:
+            # Only a task's own start (the tracer passes its request); a STARTED state stored
+            # on some other task's behalf (a test, a tool) is written at once.
+            if state == states.STARTED and request is not None:
                 deferred.defer(
                     task_id,
                     partial(
@@ -196,6 +198,8 @@ class PgBackend(DatabaseBackend):
 
     def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
         # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
+        if self._deferred_starts is not None:
+            self._deferred_starts.flush(task_id)
         with connections.pool(self._conninfo).connection() as conn:
             found = conn.execute(self._sql_select, (task_id,)).fetchone()
         if found is None:

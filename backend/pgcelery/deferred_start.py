@@ -5,7 +5,9 @@ as it ends: for a short task that is two writes of the same row (with every inde
 ``celery_taskmeta`` updated twice) where one would do, and the first is outdated a few
 milliseconds later. :class:`DeferredStarts` holds each STARTED write back for
 ``PGCELERY_STARTED_STATE_DELAY`` seconds and drops it if the task has stored any other state
-by then; a longer task gets its STARTED state as usual, that much later.
+by then; a longer task gets its STARTED state as usual, that much later. Only the writes a
+task makes for itself are held back (Celery's tracer and ``update_state`` pass the task's
+request), and a process that reads a task's state first writes what it holds back for it.
 
 One lock orders the two writers: the timer thread writes due STARTED states while holding it,
 and a task's next state is stored only after taking it, so a late STARTED can never land over
@@ -48,6 +50,14 @@ class DeferredStarts:
         and one already under way finishes first."""
         with self._lock:
             self._due.pop(task_id, None)
+
+    def flush(self, task_id: str) -> None:
+        """Write ``task_id``'s STARTED state now if it is waiting: this process is about to
+        read that task's state and must see its own writes."""
+        with self._lock:
+            entry = self._due.pop(task_id, None)
+            if entry is not None:
+                entry[1]()
 
     def pending(self) -> int:
         with self._lock:

@@ -3,11 +3,13 @@ results are stored and read with and without ``result_extended``."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from celery import Celery
+from celery.app.task import Context
 from celery.result import AsyncResult
 
 from pgcelery import create_app
@@ -108,3 +110,27 @@ def test_results_without_result_extended(database_url: str) -> None:
         assert row == (None, None)  # the extended columns stay empty
     finally:
         app.close()
+
+
+def test_a_start_stored_on_behalf_of_another_task_is_written_at_once(
+    logged_app: Celery, database_url: str
+) -> None:
+    """A tool or test playing another worker (no request: not the task's own tracer)."""
+    task_id = str(uuid.uuid4())
+    logged_app.backend.store_result(task_id, {"hostname": "other@host"}, "STARTED")
+    assert _written(database_url, task_id) == ["STARTED"]
+    assert logged_app.backend.get_state(task_id) == "STARTED"
+
+
+def test_a_process_reads_its_own_held_back_start(logged_app: Celery, database_url: str) -> None:
+    task_id = str(uuid.uuid4())
+    request = Context(
+        id=task_id, task="tests.add", args=[1, 2], kwargs={}, hostname="w@host",
+        delivery_info={"routing_key": "celery"},
+    )  # fmt: skip
+    logged_app.backend.store_result(
+        task_id, {"pid": 1, "hostname": "w@host"}, "STARTED", request=request
+    )
+    assert _written(database_url, task_id) == []  # held back for the delay
+    assert logged_app.backend.get_state(task_id) == "STARTED"  # but this process sees it
+    assert _written(database_url, task_id) == ["STARTED"]
