@@ -11,6 +11,7 @@ import pytest
 from celery import Celery
 from kombu import Consumer, Queue
 
+from pgcelery import dsn, transport
 from pgcelery.events import BATCH_ROUTING_KEY, BatchingEventDispatcher
 from tests.support.events import Collector
 from tests.support.postgres import scalar
@@ -120,3 +121,24 @@ def test_a_consumer_bound_to_one_event_type_gets_single_events(
         ("task-succeeded", task_id) for task_id in ids
     ]
     assert scalar(database_url, BROADCASTS) == 3
+
+
+def test_a_plain_celery_app_after_install_receives_the_batches(
+    database_url: str, dispatcher: BatchingEventDispatcher
+) -> None:
+    """celery-exporter's setup (docs/howto/monitoring.md): a bare ``Celery(broker=…)`` app, not
+    one from ``create_app``, in a process where ``transport.install()`` ran first."""
+    transport.install()
+    plain = Celery("exporter-like", broker=dsn.broker_url(database_url))
+    try:
+        collector = Collector(plain)
+        try:
+            wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="binding")
+            ids = _send_task_events(dispatcher, 5)
+            wait_until(lambda: len(collector.of("task-succeeded")) == 5, timeout=30, what="events")
+            assert [e["uuid"] for e in collector.of("task-received")] == ids
+            assert scalar(database_url, BROADCASTS) < 5
+        finally:
+            collector.stop()
+    finally:
+        plain.close()
