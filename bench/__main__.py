@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -52,44 +53,77 @@ def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def run_events(admin: str) -> list[dict[str, Any]]:
-    """pgcelery with worker_send_task_events off, on, and on with an event receiver attached."""
+#: Event runs alternate, several rounds, and report medians: the budget (10%) is smaller than
+#: the run-to-run noise of a single measurement on a small machine.
+EVENT_ROUNDS = int(os.environ.get("BENCH_EVENT_ROUNDS", "3"))
+EVENT_RUN_ENV = {"BENCH_RSS_TASKS": "0"}
+
+
+def _event_variant(
+    admin: str, config: str, env: dict[str, str], sink: bool, redis_url: str | None
+) -> dict[str, Any]:
     from pgcelery import migrations
 
-    found = []
-    for label, env, sink in (
-        ("pgcelery+events-off", {}, False),
-        ("pgcelery+events", {"BENCH_EVENTS": "1"}, False),
-        ("pgcelery+events+receiver", {"BENCH_EVENTS": "1"}, True),
-    ):
-        url = environment.fresh_database(admin)
-        receiver = None
-        try:
+    url = environment.fresh_database(admin)
+    receiver = None
+    full = {**EVENT_RUN_ENV, **env, "DATABASE_URL": url}
+    if config == "redis":
+        assert redis_url is not None
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        full["BENCH_REDIS_URL"] = redis_url
+    try:
+        if config == "pgcelery":
             migrations.upgrade(url)
-            if sink:
-                receiver = subprocess.Popen(
-                    [sys.executable, "-c", EVENT_SINK],
-                    cwd=ROOT,
-                    env={
-                        **os.environ,
-                        "BENCH_CONFIG": "pgcelery",
-                        "DATABASE_URL": url,
-                        "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}",
-                    },
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                assert receiver.stdout is not None
-                receiver.stdout.readline()
-            result = run("pgcelery", 1, {"DATABASE_URL": url, **env})
-            result["config"] = label
-            found.append(result)
-        finally:
-            if receiver is not None:
-                receiver.terminate()
-                receiver.wait(30)
-            environment.drop_database(admin, url)
-    return found
+        if sink:
+            receiver = subprocess.Popen(
+                [sys.executable, "-c", EVENT_SINK],
+                cwd=ROOT,
+                env={
+                    **os.environ,
+                    **full,
+                    "BENCH_CONFIG": config,
+                    "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}",
+                },
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert receiver.stdout is not None
+            receiver.stdout.readline()
+        return run(config, 1, full)
+    finally:
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(30)
+        environment.drop_database(admin, url)
+
+
+def run_events(admin: str, redis_url: str | None) -> list[dict[str, Any]]:
+    """Without worker events, with them, and with them and a receiver attached: pgcelery,
+    and Redis for comparison when it is there. Medians of EVENT_ROUNDS alternating runs."""
+    variants = [
+        ("pgcelery", "events-off", {}, False),
+        ("pgcelery", "events", {"BENCH_EVENTS": "1"}, False),
+        ("pgcelery", "events+receiver", {"BENCH_EVENTS": "1"}, True),
+    ]
+    if redis_url is not None:
+        variants += [
+            ("redis", "events-off", {}, False),
+            ("redis", "events+receiver", {"BENCH_EVENTS": "1"}, True),
+        ]
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(EVENT_ROUNDS):
+        for config, label, env, sink in variants:
+            found = _event_variant(admin, config, env, sink, redis_url)
+            samples.setdefault(f"{config}+{label}", []).append(found)
+    medians = []
+    for label, runs in samples.items():
+        keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+        merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+        merged.update(config=label, workers=1, rounds=len(runs))
+        medians.append(merged)
+    return medians
 
 
 def main() -> None:
@@ -125,7 +159,7 @@ def main() -> None:
                     environment.drop_database(admin, url)
         if os.environ.get("BENCH_SKIP_EVENTS") != "1":
             print("  events: pgcelery without and with worker events ...", flush=True)
-            results += run_events(admin)
+            results += run_events(admin, redis_url)
     text = render(header, results)
     print(text)
     (ROOT / "bench" / "RESULTS.md").write_text(text)

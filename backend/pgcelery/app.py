@@ -92,6 +92,8 @@ def create_app(
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),
         include=[*BUILTIN_TASK_MODULES, *(m for m in include if m not in BUILTIN_TASK_MODULES)],
+        # Task events in batches, and none while nobody listens (pgcelery.events).
+        events="pgcelery.events:PgEvents",
         set_as_current=True,
     )
     app.conf.update(production_defaults(settings))

@@ -204,6 +204,18 @@ class Channel(virtual.Channel):
     ) -> None:
         self.broadcast.publish(exchange, routing_key, message)
 
+    def routes(self, exchange: str, routing_key: str) -> bool:
+        """Whether a message published to the topic ``exchange`` now would reach any queue, in
+        this process or (through a live shared binding) in another one."""
+        try:
+            table = self.get_table(exchange)
+            local = self.typeof(exchange).lookup(table, exchange, routing_key, None)
+        except KeyError:
+            local = []
+        if any(q and not self.broadcast.is_ephemeral(q) for q in local):
+            return True
+        return self.broadcast.registry.topic_listened(self._execute, exchange, routing_key)
+
     def basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
         if queue is not None:

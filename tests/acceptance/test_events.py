@@ -3,15 +3,14 @@ celery-exporter use) through the pgcelery broker."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
 
 from pgcelery import create_app
 from pgcelery.settings import Settings
+from tests.support.events import Collector
 from tests.support.waiting import wait_until
 from tests.support.workers import worker_process
 
@@ -19,36 +18,6 @@ WORKER = [
     "celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1", "-E",
     "-n", "events@%h", "--without-mingle", "-l", "INFO",
 ]  # fmt: skip
-
-
-class Collector:
-    """An EventReceiver on its own connection and thread, recording every event."""
-
-    def __init__(self, app: Celery) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._connection = app.connection_for_read()
-        self.receiver = app.events.Receiver(self._connection, handlers={"*": self._record})
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _record(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self.events.append(event)
-
-    def _run(self) -> None:
-        self.receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def of(self, kind: str, uuid: str | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                e for e in self.events if e["type"] == kind and (uuid is None or e["uuid"] == uuid)
-            ]
-
-    def stop(self) -> None:
-        self.receiver.should_stop = True
-        self._thread.join(30)
-        self._connection.release()
 
 
 @pytest.fixture

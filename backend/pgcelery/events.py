@@ -1,0 +1,125 @@
+"""Worker events at the cost of a batch, and at no cost when nobody listens.
+
+Celery's worker publishes every task event (received, started, succeeded, ...) as its own
+message: on pgcelery that would be one row of the broadcast log, one commit and one NOTIFY per
+event, three or more per task, paid by the task loop. Celery already knows a cheaper form:
+a list of events published as one ``task.multi`` message, which every ``EventReceiver``
+(``celery events``, Flower, celery-exporter) unpacks event by event. Celery uses it only when
+the worker runs an event loop (``hub``), which a virtual transport never does.
+
+:class:`BatchingEventDispatcher` uses it always, for a dispatcher that owns its connection (the
+worker's): task events are buffered and published together at most ``FLUSH_INTERVAL`` seconds
+after the first of them, or when ``BATCH_LIMIT`` are waiting, or when the dispatcher closes.
+Other events (worker heartbeats, online/offline) and dispatchers on a borrowed channel (the
+``task-sent`` events of a producer) publish at once, as in Celery.
+
+And when no consumer is bound to the event exchange, task events are dropped before they are
+built, as a broker would drop them on the floor anyway: a worker started with ``-E`` costs
+nothing until Flower or ``celery events`` starts (within about a second of the consumer's
+binding, see :mod:`pgcelery.bindings`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
+from celery.events.event import Event, group_from
+from celery.utils.time import utcoffset
+
+#: Buffered task events wait at most this long (seconds) before they are published.
+FLUSH_INTERVAL = 0.02
+#: ... or until this many are waiting.
+BATCH_LIMIT = 200
+#: The routing key of a batch, as Celery's own event loop publishes it.
+BATCH_ROUTING_KEY = "task.multi"
+
+
+class BatchingEventDispatcher(EventDispatcher):  # type: ignore[misc]
+    """Celery's ``EventDispatcher`` that batches task events and skips them when unheard."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._armed = threading.Event()
+        self._stopped = threading.Event()
+        self._flusher: threading.Thread | None = None
+        owns_channel = self.channel is None and self.connection is not None
+        if self.enabled and owns_channel and not self.buffer_group:  # type: ignore[has-type]
+            self.buffer_group = frozenset({"task"})
+            self.buffer_limit = BATCH_LIMIT
+            self.on_send_buffered = self._armed.set
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="pgcelery-events", daemon=True
+            )
+            self._flusher.start()
+
+    def send(
+        self,
+        type: str,
+        blind: bool = False,
+        utcoffset: Any = utcoffset,
+        retry: bool = False,
+        retry_policy: Any = None,
+        Event: Any = Event,
+        **fields: Any,
+    ) -> Any:
+        wanted = not self.groups or "task" in self.groups
+        if self.enabled and wanted and group_from(type) == "task":
+            routing_key = type.replace("-", ".")
+            if not self._heard(routing_key):
+                return None
+            if "task" in self.buffer_group and not self._heard(BATCH_ROUTING_KEY):
+                # A consumer bound to this one event type only: a batch would not reach it.
+                event = self._prepare_event(type, fields, blind=blind, Event=Event)
+                with self.mutex:
+                    if self._closed:
+                        return None
+                    return self._publish(
+                        event, self.producer, routing_key, retry=retry, retry_policy=retry_policy
+                    )
+        return super().send(
+            type,
+            blind=blind,
+            utcoffset=utcoffset,
+            retry=retry,
+            retry_policy=retry_policy,
+            Event=Event,
+            **fields,
+        )
+
+    def _heard(self, routing_key: str) -> bool:
+        """Whether an event published now with ``routing_key`` would reach any consumer."""
+        producer = self.producer
+        if producer is None:
+            return True  # closed: Celery's send buffers or drops it as it always has
+        routes = getattr(producer.channel, "routes", None)
+        if routes is None:  # not pgcelery's transport: ask nothing, send everything
+            return True
+        with self.mutex:
+            return bool(routes(self.exchange.name, routing_key))
+
+    def _flush_loop(self) -> None:
+        while not self._stopped.is_set():
+            self._armed.wait()
+            if self._stopped.wait(FLUSH_INTERVAL):
+                return
+            self._armed.clear()
+            self.flush(errors=True, groups=True)
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._stopped.set()
+            self._armed.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=5)
+            self._flusher = None
+            self.flush(errors=True, groups=True)
+        super().close()
+
+
+class PgEvents(Events):  # type: ignore[misc]
+    """``app.events`` of a pgcelery app: its ``Dispatcher`` is :class:`BatchingEventDispatcher`."""
+
+    dispatcher_cls = "pgcelery.events:BatchingEventDispatcher"

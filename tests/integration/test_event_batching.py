@@ -1,0 +1,144 @@
+"""Task events travel in batches, reach every kind of receiver, and cost nothing unheard."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu import Consumer, Queue
+
+from pgcelery import dsn, transport
+from pgcelery.events import BATCH_ROUTING_KEY, BatchingEventDispatcher
+from tests.support.events import Collector
+from tests.support.postgres import scalar
+from tests.support.waiting import wait_until
+
+BROADCASTS = "SELECT count(*) FROM pgcelery_broadcast"
+
+
+@pytest.fixture
+def dispatcher(app: Celery) -> Iterator[BatchingEventDispatcher]:
+    connection = app.connection_for_write()
+    found = app.events.Dispatcher(connection, hostname="batching@test")
+    assert isinstance(found, BatchingEventDispatcher)
+    yield found
+    found.close()
+    connection.release()
+
+
+@pytest.fixture
+def collector(app: Celery) -> Iterator[Collector]:
+    found = Collector(app)
+    yield found
+    found.stop()
+
+
+def _send_task_events(dispatcher: BatchingEventDispatcher, tasks: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(tasks)]
+    for task_id in ids:
+        dispatcher.send("task-received", uuid=task_id, name="tests.add")
+        dispatcher.send("task-started", uuid=task_id)
+        dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.001)
+    return ids
+
+
+def test_task_events_arrive_in_batches(
+    app: Celery, database_url: str, dispatcher: BatchingEventDispatcher, collector: Collector
+) -> None:
+    wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+    ids = _send_task_events(dispatcher, 100)
+    wait_until(lambda: len(collector.of("task-succeeded")) == 100, timeout=30, what="events")
+    for kind in ("task-received", "task-started", "task-succeeded"):
+        assert [e["uuid"] for e in collector.of(kind)] == ids
+    assert collector.of("task-received")[0]["hostname"] == "batching@test"
+    # 300 events, but only a handful of rows, commits and notifications.
+    assert scalar(database_url, BROADCASTS) <= 30
+
+
+def test_a_lone_event_is_flushed_without_waiting_for_more(
+    dispatcher: BatchingEventDispatcher, collector: Collector
+) -> None:
+    wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+    [task_id] = _send_task_events(dispatcher, 1)
+    # The dispatcher stays open: its timer, not close(), publishes the batch.
+    wait_until(lambda: collector.of("task-succeeded", task_id), timeout=10, what="the event")
+
+
+def test_close_publishes_what_is_still_buffered(
+    app: Celery, database_url: str, collector: Collector
+) -> None:
+    connection = app.connection_for_write()
+    dispatcher = app.events.Dispatcher(connection, hostname="closing@test")
+    try:
+        wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+        dispatcher._armed.clear()
+        dispatcher.on_send_buffered = None  # no timer: only close() can publish these
+        ids = _send_task_events(dispatcher, 5)
+        assert scalar(database_url, BROADCASTS) == 0
+    finally:
+        dispatcher.close()
+        connection.release()
+    wait_until(lambda: len(collector.of("task-succeeded")) == 5, timeout=30, what="events")
+    assert [e["uuid"] for e in collector.of("task-succeeded")] == ids
+
+
+def test_task_events_nobody_listens_to_are_not_written(
+    database_url: str, dispatcher: BatchingEventDispatcher
+) -> None:
+    _send_task_events(dispatcher, 50)
+    dispatcher.send("worker-heartbeat", freq=2.0)
+    dispatcher.close()
+    assert scalar(database_url, BROADCASTS) == 0
+
+
+def test_a_consumer_bound_to_one_event_type_gets_single_events(
+    app: Celery, database_url: str, dispatcher: BatchingEventDispatcher
+) -> None:
+    """Only ``#``-style bindings match a ``task.multi`` batch; a narrower binding still gets
+    its events one message each, as from a stock Celery worker."""
+    received: list[Any] = []
+    with app.connection_for_read() as conn:
+        exchange = dispatcher.exchange
+        queue = Queue("only-succeeded", exchange, routing_key="task.succeeded", auto_delete=True)
+        consumer = Consumer(conn.channel(), [queue], no_ack=True)
+        consumer.register_callback(lambda body, message: received.append(body))
+        consumer.consume()
+        wait_until(lambda: dispatcher._heard("task.succeeded"), timeout=30, what="the binding")
+        assert not dispatcher._heard(BATCH_ROUTING_KEY)
+        ids = _send_task_events(dispatcher, 3)
+
+        def drained() -> bool:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.05)
+            return len(received) >= 3
+
+        wait_until(drained, timeout=30, what="three task-succeeded events")
+    assert [(body["type"], body["uuid"]) for body in received] == [
+        ("task-succeeded", task_id) for task_id in ids
+    ]
+    assert scalar(database_url, BROADCASTS) == 3
+
+
+def test_a_plain_celery_app_after_install_receives_the_batches(
+    database_url: str, dispatcher: BatchingEventDispatcher
+) -> None:
+    """celery-exporter's setup (docs/howto/monitoring.md): a bare ``Celery(broker=…)`` app, not
+    one from ``create_app``, in a process where ``transport.install()`` ran first."""
+    transport.install()
+    plain = Celery("exporter-like", broker=dsn.broker_url(database_url))
+    try:
+        collector = Collector(plain)
+        try:
+            wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="binding")
+            ids = _send_task_events(dispatcher, 5)
+            wait_until(lambda: len(collector.of("task-succeeded")) == 5, timeout=30, what="events")
+            assert [e["uuid"] for e in collector.of("task-received")] == ids
+            assert scalar(database_url, BROADCASTS) < 5
+        finally:
+            collector.stop()
+    finally:
+        plain.close()
