@@ -108,6 +108,11 @@ class PgBackend(DatabaseBackend):
         delay = float(getattr(settings, "started_state_delay", 0.0))
         self._deferred_starts = _deferred_starts(delay) if delay > 0 else None
 
+    def _create_tables(self) -> None:
+        # Celery calls this from DatabaseBackend.__init__ when database_create_tables_at_setup
+        # is on (its default, so on any app not made by create_app): migrations own the schema.
+        return None
+
     def ResultSession(self, session_manager: Any = None) -> Session:
         options = {k: v for k, v in self.engine_options.items() if k != "poolclass"}
         _, factory = _engine(self._sync_url, options)
@@ -160,7 +165,9 @@ class PgBackend(DatabaseBackend):
         # Let Celery fill a detached row object, so the encoding of every column is its own.
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
-        values = [getattr(row, name) for name in self._columns]
+        # Without result_extended (Celery's default) the row class is the plain Task, which has
+        # no attribute for the extended columns the shared table holds: those stay NULL.
+        values = [getattr(row, name, None) for name in self._columns]
         with connections.pool(self._conninfo, async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
 

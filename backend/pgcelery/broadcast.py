@@ -168,15 +168,27 @@ class ChannelBroadcast:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def drain(self) -> bool:
-        """Deliver what the log holds for this channel's queues; True if anything was."""
+    def catch_up(self, head: int) -> None:
+        """Deliver at once what the log holds up to ``head`` for this channel's queues."""
+        while self._queues and self._position < head:
+            before = self._position
+            self.drain(force=True)
+            if self._position == before:  # the rows were pruned meanwhile
+                return
+
+    def drain(self, force: bool = False) -> bool:
+        """Deliver what the log holds for this channel's queues; True if anything was.
+
+        Without ``force`` the log is read only when a NOTIFY marked it dirty or the polling
+        interval has passed.
+        """
         if self._registered and monotonic() - self._last_refresh > self.registry.ttl / 3:
             self._last_refresh = monotonic()
             self.registry.refresh(self._channel._execute, self._registered)
         if not self._queues:
             return False
         due = monotonic() - self._last_read >= self._channel.polling_interval
-        if not (self._dirty.is_set() or due):
+        if not (force or self._dirty.is_set() or due):
             return False
         self._dirty.clear()
         self._last_read = monotonic()

@@ -269,7 +269,8 @@ class Channel(virtual.Channel):
 
         self.connection._callbacks[queue] = delete_then_deliver
 
-    def _claim(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
+    def _claim(self, queues: list[str], limit: int) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """Claim up to ``limit`` messages; also returns the broadcast head the claim saw."""
         ids = [self._queue_id(q) for q in queues]
         acked_ids, acked_tokens = self._acks.take()
         try:
@@ -284,7 +285,8 @@ class Channel(virtual.Channel):
         for message_id in acked_ids:
             self._forget(message_id)
         claimed = []
-        for message_id, queue_id, token, deliveries, raw in rows:
+        head = int(rows[0][5]) if rows else 0
+        for message_id, queue_id, token, deliveries, raw, _ in rows:
             payload = loads(raw)
             tag = _tag(message_id, token)
             props = payload.setdefault("properties", {})
@@ -293,19 +295,23 @@ class Channel(virtual.Channel):
             info["redelivered"] = deliveries > 1
             claimed.append((self._queue_names.get(queue_id, ""), payload))
             self._lease_renewer().hold(message_id, token)
-        return claimed
+        return claimed, head
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         estimate = self.qos.can_consume_max_estimate()
         limit = MAX_BATCH if estimate is None else max(1, min(estimate, MAX_BATCH))
-        claimed = self._claim(list(dict.fromkeys(queues)), limit)
+        claimed, head = self._claim(list(dict.fromkeys(queues)), limit)
         if not claimed:
             raise Empty()
+        # A broadcast sent before these messages (``revoke`` then ``apply_async``) is handled
+        # before them, as on a broker that delivers in order: the worker skips a revoked task
+        # instead of running it because the revoke's wake-up came second.
+        self.connection._catch_up_broadcasts(head)
         for queue, payload in claimed:
             self.connection._deliver(payload, queue)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        claimed = self._claim([queue], 1)
+        claimed, _ = self._claim([queue], 1)
         if not claimed:
             raise Empty()
         return claimed[0][1]

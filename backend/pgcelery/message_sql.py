@@ -21,7 +21,12 @@ class MessageSql:
 
     @cached_property
     def claim(self) -> str:
-        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds."""
+        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds.
+
+        Each row also carries the broadcast log's head as this statement saw it: every
+        broadcast committed before a claimed message (a revoke sent just before the task) has
+        an id at or below it, so the worker can read those broadcasts before it runs the task.
+        """
         m = self.names.message
         return (
             # Pending acks ride along: the DELETE touches only rows this channel holds leased,
@@ -35,11 +40,13 @@ class MessageSql:
             " c AS (SELECT q.id FROM unnest(%s::int[]) AS qs(queue_id) CROSS JOIN LATERAL"
             f" (SELECT id, priority FROM {m} WHERE queue_id = qs.queue_id AND {_READY}"
             " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) q"
-            " ORDER BY q.priority DESC, q.id LIMIT %s)"
+            " ORDER BY q.priority DESC, q.id LIMIT %s),"
+            # Same statement, same snapshot as the claim (broadcast ids commit in id order).
+            f" h AS (SELECT coalesce(max(id), 0) AS head FROM {self.names.broadcast})"
             f" UPDATE {m} m SET visible_at = now() + make_interval(secs => %s),"
             " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1"
-            " FROM c WHERE m.id = c.id"
-            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload"
+            " FROM c CROSS JOIN h WHERE m.id = c.id"
+            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload, h.head"
         )
 
     @cached_property

@@ -109,6 +109,12 @@ class Transport(virtual.Transport):
     def _on_notify(self, payload: str | None) -> None:
         self._wake.set()
 
+    def _catch_up_broadcasts(self, head: int) -> None:
+        """Deliver the broadcasts up to ``head`` that this connection's channels have not read
+        yet (the worker's remote control channel), before the messages claimed with it."""
+        for channel in list(self.channels):
+            channel.broadcast.catch_up(head)
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         end = None if timeout is None else monotonic() + timeout
         while True:

@@ -112,6 +112,37 @@ def test_topic_broadcast_reaches_only_matching_ephemeral_queues(
     assert _scalar(database_url, "SELECT count(*) FROM kombu_message") == 0
 
 
+def test_broadcast_sent_before_a_message_is_delivered_before_it(database_url: str) -> None:
+    """``revoke`` then ``apply_async``: the worker must see the revoke before the task, even
+    when its remote control channel has no reason to read the log yet (here: poll-only mode
+    with a long interval, so only the claim can tell it that a broadcast is waiting)."""
+    tasks = Queue("pgc.test.ordered", Exchange("pgc.test.ordered"), "pgc.test.ordered")
+    order: list[str] = []
+    with _connection(database_url, listen=False, polling_interval=60) as conn:
+        control = Queue("pgc.test.ctl", FANOUT, auto_delete=True, durable=False)
+        Consumer(
+            conn.channel(), [control], no_ack=True, callbacks=[lambda b, m: order.append(b)]
+        ).consume()
+        worker = Consumer(conn.channel(), [tasks], callbacks=[lambda b, m: order.append(b)])
+        worker.consume()
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.2)  # both channels have read: nothing is due for 60 s
+        with _connection(database_url) as producer_conn:
+            producer = Producer(producer_conn.channel())
+            producer.publish("revoke", exchange=FANOUT, declare=[FANOUT])
+            producer.publish(
+                "task", exchange=tasks.exchange, routing_key="pgc.test.ordered", declare=[tasks]
+            )
+
+        def delivered() -> bool:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.05)
+            return "task" in order
+
+        wait_until(delivered, timeout=10, what="the task message")
+    assert order == ["revoke", "task"]
+
+
 def test_topic_events_with_no_receiver_write_nothing(database_url: str) -> None:
     topic = Exchange("pgc.test.quiet", type="topic", durable=False)
     with _connection(database_url) as conn:

@@ -4,6 +4,7 @@ import psycopg
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
+from pgcelery import backend, dsn, transport
 from tests.support.postgres import libpq
 
 
@@ -26,3 +27,25 @@ def test_failure_is_recorded(app: Celery, worker: TestWorkController) -> None:
     result.get(timeout=20, propagate=False)
     assert result.status == "FAILURE"
     assert "boom" in str(result.result)
+
+
+def test_plain_celery_app_on_the_pgcelery_backend_creates_no_tables(database_url: str) -> None:
+    """An app built by hand (not ``create_app``) keeps Celery's defaults,
+    ``database_create_tables_at_setup=True`` and ``result_extended=False``: the backend must
+    still come up, create nothing, and store and read results."""
+    transport.install()
+    plain = Celery(
+        "plain",
+        broker=dsn.broker_url(database_url),
+        backend=dsn.result_backend_url(database_url),
+        set_as_current=False,
+    )
+    backend.install(plain)
+    try:
+        assert plain.conf.database_create_tables_at_setup is True
+        assert plain.conf.result_extended is False
+        assert isinstance(plain.backend, backend.PgBackend)
+        plain.backend.store_result("plain-1", 5, "SUCCESS")
+        assert plain.AsyncResult("plain-1").get(timeout=10) == 5
+    finally:
+        plain.close()
