@@ -165,9 +165,7 @@ class PgBackend(DatabaseBackend):
         # Let Celery fill a detached row object, so the encoding of every column is its own.
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
-        # Without result_extended (Celery's default) the row class is the plain Task, which has
-        # no attribute for the extended columns the shared table holds: those stay NULL.
-        values = [getattr(row, name, None) for name in self._columns]
+        values = [getattr(row, name) for name in self._columns]
         with connections.pool(self._conninfo, async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
 
