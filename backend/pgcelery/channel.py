@@ -249,7 +249,7 @@ class Channel(virtual.Channel):
         self.connection._ensure_listening()
         fed_by_log = self.broadcast.consume(queue)
         if not fed_by_log:
-            self._queue_id(queue)
+            self.connection._watch(self._queue_id(queue))
         consumed = super().basic_consume(queue, no_ack, *args, **kwargs)
         if no_ack and not fed_by_log:
             self._delete_on_delivery(queue)

@@ -30,7 +30,7 @@ from pgcelery import dsn
 from pgcelery.channel import Channel, enqueue_using
 from pgcelery.exceptions import SchemaChangedWhileRunning, SchemaError
 from pgcelery.notify import listener
-from pgcelery.schema import BROADCAST_CHANNEL, MESSAGE_CHANNEL
+from pgcelery.schema import MESSAGE_CHANNEL
 from pgcelery.schema_check import check_schema
 
 __all__ = ["Channel", "Transport", "enqueue_using", "install"]
@@ -73,6 +73,8 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         self._wake = threading.Event()
         self._listening = False
+        #: Ids of the queues this connection consumes from the message table.
+        self._watched: set[int] = set()
         options = client.transport_options
         self._listen = bool(options.get("listen", True))
 
@@ -101,13 +103,28 @@ class Transport(virtual.Transport):
     def _ensure_listening(self) -> None:
         if self._listening or not self._listen:
             return
-        conninfo = dsn.libpq_url(self.client.hostname)
-        listener(conninfo).subscribe(MESSAGE_CHANNEL, self._on_notify)
-        listener(conninfo).subscribe(BROADCAST_CHANNEL, self._on_notify)
+        # Broadcasts wake a connection through its channels' own subscriptions
+        # (pgcelery.broadcast), only for the exchanges they read.
+        listener(dsn.libpq_url(self.client.hostname)).subscribe(MESSAGE_CHANNEL, self._on_message)
         self._listening = True
 
-    def _on_notify(self, payload: str | None) -> None:
-        self._wake.set()
+    def close_connection(self, connection: Any) -> None:
+        if self._listening:
+            # The process-wide listener outlives this connection: stop calling into it.
+            listener(dsn.libpq_url(self.client.hostname)).unsubscribe(
+                MESSAGE_CHANNEL, self._on_message
+            )
+            self._listening = False
+        super().close_connection(connection)
+
+    def _watch(self, queue_id: int) -> None:
+        self._watched.add(queue_id)
+
+    def _on_message(self, payload: str | None) -> None:
+        # The payload is the queue id: a process consuming other queues (an event receiver,
+        # a worker of another queue) is not woken by every task published elsewhere.
+        if payload is None or not payload.isdigit() or int(payload) in self._watched:
+            self._wake.set()
 
     def _catch_up_broadcasts(self, head: int) -> None:
         """Deliver the broadcasts up to ``head`` that this connection's channels have not read

@@ -12,7 +12,7 @@ from kombu import Connection
 from kombu.message import Message
 from kombu.simple import SimpleQueue
 
-from pgcelery import create_app, notify
+from pgcelery import create_app, dsn, notify, transport
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until
@@ -129,3 +129,47 @@ def test_an_ack_is_sent_soon_even_when_nothing_is_claimed(database_url: str) -> 
             lambda: _rows(database_url, "SELECT count(*) FROM kombu_message") == [(0,)],
             timeout=5,
         )
+
+
+def test_a_consumer_is_woken_by_its_own_queues_only(database_url: str) -> None:
+    """A NOTIFY carries the queue id: publishing to another queue (tasks an event receiver or a
+    worker of another queue does not consume) must not wake this consumer."""
+    transport.install()
+    with _kombu(database_url, polling_interval=60.0) as consumer, _kombu(database_url) as producer:
+        mine = consumer.SimpleQueue("wake-mine")
+        served = consumer.transport
+        mine.consumer.consume()
+        channel = mine.channel
+        ids = {name: channel._queue_id(name) for name in ("wake-mine", "wake-other")}
+        seen: list[tuple[str | None, bool]] = []
+
+        # Subscribed after the transport, so it runs right after the transport's callback
+        # for the same notification and sees what that callback did.
+        def record(payload: str | None) -> None:
+            seen.append((payload, served._wake.is_set()))
+
+        listen = notify.listener(channel._conninfo)
+        listen.subscribe("pgcelery_message", record)
+        try:
+            served._wake.clear()
+            producer.SimpleQueue("wake-other").put({"n": 1})
+            producer.SimpleQueue("wake-mine").put({"n": 2})
+            wait_until(lambda: any(p == str(ids["wake-mine"]) for p, _ in seen), timeout=30)
+        finally:
+            listen.unsubscribe("pgcelery_message", record)
+        assert (str(ids["wake-other"]), False) in seen
+        assert (str(ids["wake-mine"]), True) in seen
+        assert mine.get(timeout=5).payload == {"n": 2}
+
+
+def test_a_closed_connection_stops_listening(database_url: str) -> None:
+    """The process-wide listener outlives connections: a closed one must not stay subscribed
+    (an event receiver or a client reconnecting all day would pile up callbacks)."""
+    transport.install()
+    conninfo = dsn.libpq_url(database_url)
+    listen = notify.listener(conninfo)
+    before = list(listen._callbacks.get("pgcelery_message", []))
+    with _kombu(database_url) as conn:
+        conn.SimpleQueue("closing").consumer.consume()
+        assert len(listen._callbacks["pgcelery_message"]) == len(before) + 1
+    assert listen._callbacks.get("pgcelery_message", []) == before
