@@ -65,6 +65,12 @@ class BatchingEventDispatcher(EventDispatcher):  # type: ignore[misc]
         Event: Any = Event,
         **fields: Any,
     ) -> Any:
+        # Never retry while holding the dispatcher's lock: Celery's heartbeat thread sends
+        # worker-heartbeat with retry=True, and with broker_connection_max_retries=None kombu
+        # retries forever during an outage, so the consumer's restart, which sends
+        # worker-offline under the same lock, would wait with it and never reconnect. A failed
+        # publish goes to Celery's offline buffer instead, sent again after the reconnect.
+        retry = False
         wanted = not self.groups or "task" in self.groups
         if self.enabled and wanted and group_from(type) == "task":
             routing_key = type.replace("-", ".")
@@ -97,8 +103,11 @@ class BatchingEventDispatcher(EventDispatcher):  # type: ignore[misc]
         routes = getattr(producer.channel, "routes", None)
         if routes is None:  # not pgcelery's transport: ask nothing, send everything
             return True
-        with self.mutex:
-            return bool(routes(self.exchange.name, routing_key))
+        try:
+            with self.mutex:
+                return bool(routes(self.exchange.name, routing_key))
+        except Exception:  # the database is away: buffer, and let the publish decide
+            return True
 
     def _flush_loop(self) -> None:
         while not self._stopped.is_set():

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
 from kombu import Consumer, Queue
 
-from pgcelery import dsn, transport
+from pgcelery import create_app, dsn, migrations, transport
+from pgcelery.embedded import EmbeddedPostgres
 from pgcelery.events import BATCH_ROUTING_KEY, BatchingEventDispatcher
+from pgcelery.settings import Settings
 from tests.support.events import Collector
 from tests.support.postgres import scalar
 from tests.support.waiting import wait_until
+from tests.support.workers import free_port
 
 BROADCASTS = "SELECT count(*) FROM pgcelery_broadcast"
 
@@ -142,3 +149,41 @@ def test_a_plain_celery_app_after_install_receives_the_batches(
             collector.stop()
     finally:
         plain.close()
+
+
+def test_an_event_sent_during_an_outage_is_buffered_not_retried_forever() -> None:
+    """Celery's heartbeat thread sends with retry=True under the dispatcher's lock; a retry
+    that never ends would keep the consumer's restart (worker-offline, same lock) from ever
+    reconnecting once the database is back."""
+    root = Path(tempfile.mkdtemp(prefix="pgcelery-event-outage-"))
+    server = EmbeddedPostgres(root / "pgdata", port=free_port(), durable=False)
+    server.start()
+    try:
+        url = server.create_database("event_outage")
+        migrations.upgrade(url)
+        app = create_app(
+            "event-outage", settings=Settings(DATABASE_URL=url, PGCELERY_METRICS_ENABLED=False)
+        )
+        connection = app.connection_for_write()
+        dispatcher = app.events.Dispatcher(connection, hostname="outage@test")
+        dispatcher.send("worker-heartbeat", retry=True)  # connected while the server is up
+        server.stop()
+        dispatcher.producer.channel.broadcast.registry._topics.clear()  # must ask the database
+
+        def send_during_outage() -> None:
+            dispatcher.send("worker-heartbeat", retry=True)
+            dispatcher.send("worker-offline")
+
+        sender = threading.Thread(target=send_during_outage, daemon=True)
+        sender.start()
+        wait_until(lambda: not sender.is_alive(), timeout=60, what="sends to return")
+        assert [event["type"] for event, _ in dispatcher._outbound_buffer] == [
+            "worker-heartbeat",
+            "worker-offline",
+        ]
+        dispatcher.close()
+        connection.release()
+        app.close()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
