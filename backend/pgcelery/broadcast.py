@@ -303,14 +303,8 @@ class PgTopicExchange(TopicExchange):
     def deliver(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> None:
         channel: Channel = self.channel
         hub = channel.broadcast
-        try:
-            # Not channel._lookup: an event nobody binds locally is normal, not undeliverable.
-            local = self.lookup(channel.get_table(exchange), exchange, routing_key, None)
-        except KeyError:
-            local = set()
-        for queue in local:
-            if queue and not hub.is_ephemeral(queue):
-                channel._put(queue, message, **kwargs)
+        for queue in channel.local_queues(exchange, routing_key):
+            channel._put(queue, message, **kwargs)
         if hub.registry.topic_listened(channel._execute, exchange, routing_key):
             hub.publish(exchange, routing_key, message)
 

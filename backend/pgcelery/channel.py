@@ -204,17 +204,23 @@ class Channel(virtual.Channel):
     ) -> None:
         self.broadcast.publish(exchange, routing_key, message)
 
+    def local_queues(self, exchange: str, routing_key: str) -> list[str]:
+        """Ordinary queues bound in this process that ``routing_key`` reaches; ephemeral ones
+        (event receivers) are served from the broadcast log instead. Not ``_lookup``: a key
+        nobody binds locally is normal for events, not undeliverable."""
+        try:
+            table = self.get_table(exchange)
+            found = self.typeof(exchange).lookup(table, exchange, routing_key, None)
+        except KeyError:
+            return []
+        return [q for q in found if q and not self.broadcast.is_ephemeral(q)]
+
     def routes(self, exchange: str, routing_key: str) -> bool:
         """Whether a message published to the topic ``exchange`` now would reach any queue, in
         this process or (through a live shared binding) in another one."""
-        try:
-            table = self.get_table(exchange)
-            local = self.typeof(exchange).lookup(table, exchange, routing_key, None)
-        except KeyError:
-            local = []
-        if any(q and not self.broadcast.is_ephemeral(q) for q in local):
-            return True
-        return self.broadcast.registry.topic_listened(self._execute, exchange, routing_key)
+        return bool(self.local_queues(exchange, routing_key)) or (
+            self.broadcast.registry.topic_listened(self._execute, exchange, routing_key)
+        )
 
     def basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
