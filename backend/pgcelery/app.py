@@ -60,6 +60,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
             "listen": settings.listen,
             "schema": settings.schema_name,
             "async_commit": settings.worker_async_commit,
+            "events_poll_interval": settings.events_poll_interval,
         },
         # Remote control is on (pgcelery's transport broadcasts through pgcelery_broadcast);
         # task events stay opt-in (-E): they cost nothing until a receiver such as Flower binds.

@@ -57,6 +57,8 @@ class _LogQueue:
 
     name: str
     bindings: list[_Binding] = field(default_factory=list)
+    #: Read on a timer, not woken by NOTIFY: an event receiver's queue (topic bindings only).
+    polled: bool = False
 
 
 class ChannelBroadcast:
@@ -94,23 +96,37 @@ class ChannelBroadcast:
         """Start reading ``queue``'s bindings from the log; False if it is an ordinary queue."""
         channel = self._channel
         bindings: list[_Binding] = []
-        fed_by_log = False
+        fanout = topic = False
         for exchange, routing_key, arguments in channel.state.queue_bindings(queue):
             kind = channel.typeof(exchange)
             routing_key, pattern, _ = kind.prepare_bind(queue, exchange, routing_key, arguments)
             bindings.append(_Binding(exchange, routing_key or "", pattern))
-            if kind.type == "fanout" or (kind.type == "topic" and queue in self._ephemeral):
-                fed_by_log = True
-        if not fed_by_log:
+            fanout = fanout or kind.type == "fanout"
+            topic = topic or (kind.type == "topic" and queue in self._ephemeral)
+        if not (fanout or topic):
             return False
         head = self._resume_position(queue)
         if not self._queues:
             self._position = head
         self._position = min(self._position, head)
-        self._queues[queue] = _LogQueue(queue, bindings)
-        self._subscribe()
+        # Remote control (fanout) must answer within milliseconds: LISTEN. An event receiver
+        # (topic only) polls instead: PostgreSQL wakes every listening connection of the
+        # database for every NOTIFY, so one more listener taxes each task published (measured:
+        # about 6% of throughput), while events reach a monitor soon enough on a timer.
+        self._queues[queue] = _LogQueue(queue, bindings, polled=not fanout)
+        if fanout:
+            self._subscribe()
         self._dirty.set()
         return True
+
+    def poll_interval(self) -> float | None:
+        """How long this channel may wait before it reads the log again (None: not reading)."""
+        if not self._queues:
+            return None
+        channel = self._channel
+        if not self._subscribed and any(q.polled for q in self._queues.values()):
+            return min(channel.polling_interval, channel.events_poll_interval)
+        return float(channel.polling_interval)
 
     def remote_direct(self, exchange: str, routing_key: str) -> list[str]:
         """Queues in other processes bound to the direct ``exchange`` (reply queues)."""
@@ -187,7 +203,7 @@ class ChannelBroadcast:
             self.registry.refresh(self._channel._execute, self._registered)
         if not self._queues:
             return False
-        due = monotonic() - self._last_read >= self._channel.polling_interval
+        due = monotonic() - self._last_read >= (self.poll_interval() or 0.0)
         if not (force or self._dirty.is_set() or due):
             return False
         self._dirty.clear()

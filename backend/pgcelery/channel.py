@@ -87,6 +87,7 @@ class Channel(virtual.Channel):
         "broadcast_max_rows",
         "broadcast_max_age",
         "broadcast_prune_every",
+        "events_poll_interval",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -101,6 +102,8 @@ class Channel(virtual.Channel):
     broadcast_max_rows: int = 10_000
     broadcast_max_age: float = 600.0
     broadcast_prune_every: int = 100
+    #: Seconds between an event receiver's reads of the broadcast log (see pgcelery.broadcast).
+    events_poll_interval: float = 0.1
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -251,10 +254,12 @@ class Channel(virtual.Channel):
     # -- consume -----------------------------------------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
-        # LISTEN before the first claim, so no wake-up can fall between the two.
-        self.connection._ensure_listening()
         fed_by_log = self.broadcast.consume(queue)
         if not fed_by_log:
+            # LISTEN before the first claim, so no wake-up can fall between the two. A process
+            # that reads only the broadcast log (an event receiver) never listens here: every
+            # task published would wake it for nothing.
+            self.connection._ensure_listening()
             self.connection._watch(self._queue_id(queue))
         consumed = super().basic_consume(queue, no_ack, *args, **kwargs)
         if no_ack and not fed_by_log:

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     listen: bool = Field(
         default=True, description="Wake workers with LISTEN/NOTIFY; false for PgBouncer."
     )
+    events_poll_interval: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Seconds between an event receiver's reads of the broadcast log.",
+    )
     worker_async_commit: bool = Field(
         default=True,
         description="Workers commit claims, acks and results without waiting for the WAL flush.",

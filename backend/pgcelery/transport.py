@@ -132,6 +132,12 @@ class Transport(virtual.Transport):
         for channel in list(self.channels):
             channel.broadcast.catch_up(head)
 
+    def _poll_wait(self) -> float:
+        """Seconds to wait for a NOTIFY before looking again: the polling interval, or less
+        when a channel reads the broadcast log on a timer (an event receiver)."""
+        found = [c.broadcast.poll_interval() for c in list(self.channels)]
+        return min([float(self.polling_interval), *(float(i) for i in found if i is not None)])
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         end = None if timeout is None else monotonic() + timeout
         while True:
@@ -141,7 +147,7 @@ class Transport(virtual.Transport):
                 return
             except Empty:
                 pass
-            wait = self.polling_interval
+            wait = self._poll_wait()
             if end is not None:
                 remaining = end - monotonic()
                 if remaining <= 0:

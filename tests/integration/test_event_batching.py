@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -187,3 +188,78 @@ def test_an_event_sent_during_an_outage_is_buffered_not_retried_forever() -> Non
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+LISTENING = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+)
+
+
+def test_an_event_receiver_reads_on_a_timer_and_never_listens(
+    app: Celery,
+    database_url: str,
+    settings: Settings,
+    dispatcher: BatchingEventDispatcher,
+    collector: Collector,
+) -> None:
+    """PostgreSQL wakes every listening connection of a database for every NOTIFY: a
+    monitor that listened would tax each task published. Remote control still listens."""
+    wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+    ids = _send_task_events(dispatcher, 5)
+    wait_until(lambda: len(collector.of("task-succeeded")) == 5, timeout=30, what="events")
+    assert [e["uuid"] for e in collector.of("task-started")] == ids
+    assert scalar(database_url, LISTENING) == 0
+
+    with app.connection_for_read() as conn:
+        # What the receiver does, on a connection this test can look at: it waits for the
+        # events interval, not for the (longer) broker polling interval.
+        events = Queue("monitor", dispatcher.exchange, routing_key="#", auto_delete=True)
+        Consumer(conn.channel(), [events], no_ack=True).consume()
+        assert conn.transport._poll_wait() == settings.events_poll_interval < 1.0
+        # The query above does see a listener: a consumer of an ordinary queue is one.
+        consumer = Consumer(conn.channel(), [Queue("ordinary-queue")], no_ack=True)
+        consumer.consume()
+        wait_until(lambda: scalar(database_url, LISTENING) == 1, timeout=30, what="a listener")
+
+
+def test_buffered_events_carry_what_celery_would_give_them(
+    dispatcher: BatchingEventDispatcher, collector: Collector
+) -> None:
+    wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+    dispatcher.send("task-received", uuid="given-time", name="tests.add", timestamp=1234.5)
+    [task_id] = _send_task_events(dispatcher, 1)
+    wait_until(lambda: collector.of("task-succeeded", task_id), timeout=30, what="the events")
+    [given] = collector.of("task-received", "given-time")
+    assert given["timestamp"] == 1234.5
+    events = [given, *(collector.of(kind, task_id)[0] for kind in KINDS)]
+    assert [e["clock"] for e in events] == sorted({e["clock"] for e in events})
+    for event in events:
+        assert event["hostname"] == "batching@test"
+        assert event["pid"] == os.getpid()
+        assert isinstance(event["utcoffset"], int | float)
+        assert isinstance(event["timestamp"], float)
+    assert collector.of("task-succeeded", task_id)[0]["result"] == "5"
+
+
+KINDS = ("task-received", "task-started", "task-succeeded")
+
+
+def test_the_task_loop_never_waits_for_the_flusher(
+    dispatcher: BatchingEventDispatcher, collector: Collector
+) -> None:
+    """The flusher holds the dispatcher's lock while it publishes; asking whether an event is
+    heard must not wait for it (the answer it had stands, or "yes" when it had none)."""
+    wait_until(lambda: dispatcher._heard(BATCH_ROUTING_KEY), timeout=30, what="the binding")
+    answers: list[bool] = []
+    with dispatcher.mutex:
+        asker = threading.Thread(
+            target=lambda: answers.extend(
+                [dispatcher._heard(BATCH_ROUTING_KEY), dispatcher._heard("task.never.asked")]
+            ),
+            daemon=True,
+        )
+        asker.start()
+        asker.join(10)
+        assert not asker.is_alive(), "_heard waited for the dispatcher's lock"
+    assert answers == [True, True]
