@@ -55,7 +55,7 @@ def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
 
 #: Event runs alternate, several rounds, and report medians: the budget (10%) is smaller than
 #: the run-to-run noise of a single measurement on a small machine.
-EVENT_ROUNDS = int(os.environ.get("BENCH_EVENT_ROUNDS", "3"))
+EVENT_ROUNDS = int(os.environ.get("BENCH_EVENT_ROUNDS", "5"))
 EVENT_RUN_ENV = {"BENCH_RSS_TASKS": "0"}
 
 
@@ -91,6 +91,7 @@ def _event_variant(
             )
             assert receiver.stdout is not None
             receiver.stdout.readline()
+            full["BENCH_RECEIVER_PID"] = str(receiver.pid)
         return run(config, 1, full)
     finally:
         if receiver is not None:
@@ -122,6 +123,11 @@ def run_events(admin: str, redis_url: str | None) -> list[dict[str, Any]]:
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
         merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
         merged.update(config=label, workers=1, rounds=len(runs))
+        # The same round's runs, one after the other, share the host's mood: their quotient
+        # is steadier than a quotient of medians.
+        off = samples[label.split("+", 1)[0] + "+events-off"]
+        pairs = zip(runs, off, strict=True)
+        merged["paired_e2e"] = [r["e2e_per_s"] / o["e2e_per_s"] for r, o in pairs]
         medians.append(merged)
     return medians
 

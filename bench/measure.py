@@ -1,8 +1,9 @@
 """Measure one configuration (run as ``python -m bench.measure``); prints one JSON object.
 
 Starts its own worker processes, then: enqueue rate and end-to-end throughput (2,000 no-op
-tasks with results), round trip and pickup latency (300 sequential tasks), scaling on a 10 ms
-task, worker RSS before and after 10,000 tasks, and what is left in ``kombu_message``.
+tasks with results) with the CPU time each process spent on them, round trip and pickup latency
+(300 sequential tasks), scaling on a 10 ms task, worker RSS before and after 10,000 tasks, and
+what is left in ``kombu_message``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,50 @@ class Workers:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+class CpuClock:
+    """CPU seconds of the processes a task passes through: this client, the workers, the
+    server's processes (PostgreSQL or Redis, when they run on this machine and can be read) and
+    an event receiver (BENCH_RECEIVER_PID). Less noisy than wall-clock throughput on a shared
+    host, and it shows where the time goes."""
+
+    def __init__(self, workers: Workers, server: str) -> None:
+        self._server = server
+        self._own: dict[str, list[psutil.Process]] = {
+            "client": [psutil.Process()],
+            "workers": [psutil.Process(p.pid) for p in workers.procs],
+        }
+        receiver = os.environ.get("BENCH_RECEIVER_PID")
+        if receiver:
+            self._own["receiver"] = [psutil.Process(int(receiver))]
+        self._start = self._now()
+
+    def _now(self) -> dict[str, dict[int, float]]:
+        found = {part: {p.pid: _cpu(p) for p in procs} for part, procs in self._own.items()}
+        # Server processes are listed afresh: a backend that connected meanwhile counts too.
+        found["server"] = {
+            p.pid: _cpu(p) for p in psutil.process_iter(["name"]) if p.info["name"] == self._server
+        }
+        return found
+
+    def spent_ms_per(self, tasks: int) -> dict[str, float]:
+        """CPU milliseconds per task of each part since this clock was made."""
+        now = self._now()
+        return {
+            part: sum(t - self._start[part].get(pid, 0.0) for pid, t in times.items())
+            / tasks
+            * 1000
+            for part, times in now.items()
+        }
 
 
 def _wait_all(results: list[Any]) -> None:
@@ -108,13 +153,17 @@ def main() -> None:
             noop.delay().get(timeout=60)  # warm up connections
         out["rss_start_mb"] = max(workers.rss_mb())
 
+        clock = CpuClock(workers, "redis-server" if config == "redis" else "postgres")
         started = time.perf_counter()
         results = [noop.delay() for _ in range(E2E_TASKS)]
         enqueued = time.perf_counter()
         _wait_all(results)
         finished = time.perf_counter()
+        spent = clock.spent_ms_per(E2E_TASKS)
         out["enqueue_per_s"] = E2E_TASKS / (enqueued - started)
         out["e2e_per_s"] = E2E_TASKS / (finished - started)
+        out.update({f"cpu_{part}_ms": ms for part, ms in spent.items()})
+        out["cpu_ms"] = sum(spent.values())
 
         rtts, pickups = [], []
         for _ in range(RTT_TASKS):

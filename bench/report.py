@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 ROWS = [
     ("e2e_per_s", "end-to-end, 2,000 no-op tasks with results (tasks/s)", True),
+    ("cpu_ms", "CPU per task in that run, client + workers + server (ms)", False),
     ("enqueue_per_s", "enqueue rate (msg/s)", True),
     ("rtt_p50_ms", "round trip p50 (ms)", False),
     ("rtt_p95_ms", "round trip p95 (ms)", False),
@@ -85,6 +87,10 @@ EVENT_ROWS = [
     ("e2e_per_s", "end-to-end no-op tasks with results (tasks/s)"),
     ("rtt_p50_ms", "round trip p50 (ms)"),
     ("sleep10_per_s", "10 ms tasks (tasks/s)"),
+    ("cpu_ms", "CPU per task, all processes (ms)"),
+    ("cpu_workers_ms", "CPU per task, worker (ms)"),
+    ("cpu_server_ms", "CPU per task, PostgreSQL or Redis (ms)"),
+    ("cpu_receiver_ms", "CPU per task, event receiver (ms)"),
 ]
 
 
@@ -112,10 +118,20 @@ def _events_section(results: list[dict[str, Any]]) -> list[str]:
             f"| {label} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | "
             f"{_plain(b, a)} | {_plain(c, a)} | {_plain(redis_sink.get(key), redis_off.get(key))} |"
         )
+    lines.append("")
+    for label, found in (("pgcelery", sink), ("Redis", redis_sink)):
+        paired = found.get("paired_e2e")
+        if paired:
+            each = ", ".join(f"{p:.2f}" for p in paired)
+            lines.append(
+                f"{label}, events on + receiver / off, round by round: {each}"
+                f" (median {statistics.median(paired):.2f})."
+            )
     lines += [
         "",
         "Ratios here are plain quotients (with events / without): below 1.00 for tasks/s and"
-        " above 1.00 for latency mean events cost something.",
+        " above 1.00 for latency and CPU mean events cost something. The receiver counts every"
+        " event, as Flower's would; all processes share this machine's cores.",
         "",
     ]
     return lines
