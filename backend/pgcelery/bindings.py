@@ -55,15 +55,14 @@ class BindingRegistry:
             (self.ttl, [r[0] for r in found], [r[1] for r in found], [r[2] for r in found]),
         )
 
-    def refresh(self, execute: Execute, queues: Iterable[str]) -> None:
-        """Keep the bindings of ``queues`` alive, and sweep everyone's expired bindings."""
-        names = list(queues)
-        if names:
-            execute(
-                f"UPDATE {self._names.binding}"
-                " SET expires_at = now() + make_interval(secs => %s) WHERE queue = ANY(%s)",
-                (self.ttl, names),
-            )
+    def refresh(self, execute: Execute, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Keep these bindings alive, and sweep everyone's expired bindings.
+
+        An upsert, not an update: a consumer that stalled for longer than ``ttl`` (or sat out
+        a database outage) may have had its bindings swept by another process; it gets them
+        back at its next refresh instead of silently receiving nothing from then on.
+        """
+        self.register(execute, rows)
         self.sweep(execute)
 
     def remove(self, execute: Execute, queues: Iterable[str]) -> None:

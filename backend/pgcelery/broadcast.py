@@ -29,7 +29,7 @@ from kombu.transport.virtual.exchange import DirectExchange, FanoutExchange, Top
 from kombu.utils.json import dumps, loads
 
 from pgcelery.bindings import BindingRegistry
-from pgcelery.notify import listener
+from pgcelery.notify import listener, listening
 from pgcelery.schema import BROADCAST_CHANNEL
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class ChannelBroadcast:
         self.registry = BindingRegistry(channel.names, channel.binding_ttl)
         self._ephemeral: set[str] = set()
         self._queues: dict[str, _LogQueue] = {}
-        self._registered: set[str] = set()
+        #: The shared bindings this channel registered, (exchange, queue, routing key).
+        self._registered: dict[tuple[str, str, str], None] = {}
         self._position = 0
         self._dirty = threading.Event()
         self._last_read = 0.0
@@ -89,8 +90,9 @@ class ChannelBroadcast:
         """Share the binding of an ephemeral queue at once: the reply queue of a remote control
         request is bound just before the request is published, and consumed only after."""
         if queue in self._ephemeral:
-            self.registry.register(self._channel._execute, [(exchange, queue, routing_key or "")])
-            self._registered.add(queue)
+            row = (exchange, queue, routing_key or "")
+            self.registry.register(self._channel._execute, [row])
+            self._registered[row] = None
 
     def consume(self, queue: str) -> bool:
         """Start reading ``queue``'s bindings from the log; False if it is an ordinary queue."""
@@ -112,9 +114,10 @@ class ChannelBroadcast:
         # Remote control (fanout) must answer within milliseconds: LISTEN. An event receiver
         # (topic only) polls instead: PostgreSQL wakes every listening connection of the
         # database for every NOTIFY, so one more listener taxes each task published (measured:
-        # about 6% of throughput), while events reach a monitor soon enough on a timer.
+        # about 6% of throughput), while events reach a monitor soon enough on a timer. In a
+        # process that listens anyway (a worker's gossip), NOTIFY costs nothing more.
         self._queues[queue] = _LogQueue(queue, bindings, polled=not fanout)
-        if fanout:
+        if fanout or listening(channel._conninfo):
             self._subscribe()
         self._dirty.set()
         return True
@@ -145,8 +148,10 @@ class ChannelBroadcast:
     def forget(self, queue: str) -> None:
         """``queue`` was deleted: nobody may route to it any more."""
         self._queues.pop(queue, None)
-        if queue in self._registered:
-            self._registered.discard(queue)
+        rows = [row for row in self._registered if row[1] == queue]
+        if rows:
+            for row in rows:
+                del self._registered[row]
             self.registry.remove(self._channel._execute, [queue])
 
     def _key(self, queue: str) -> tuple[int, str, str]:
@@ -200,9 +205,11 @@ class ChannelBroadcast:
         """
         if self._registered and monotonic() - self._last_refresh > self.registry.ttl / 3:
             self._last_refresh = monotonic()
-            self.registry.refresh(self._channel._execute, self._registered)
+            self.registry.refresh(self._channel._execute, list(self._registered))
         if not self._queues:
             return False
+        if not self._subscribed and listening(self._channel._conninfo):
+            self._subscribe()  # the process started listening since (the worker's task queues)
         due = monotonic() - self._last_read >= (self.poll_interval() or 0.0)
         if not (force or self._dirty.is_set() or due):
             return False
@@ -290,7 +297,7 @@ class ChannelBroadcast:
             self._subscribed = False
         if self._registered:
             try:
-                self.registry.remove(self._channel._execute, self._registered)
+                self.registry.remove(self._channel._execute, {row[1] for row in self._registered})
             except Exception as exc:  # the bindings expire by themselves
                 log.debug("pgcelery.broadcast.unbind_failed", extra={"error": type(exc).__name__})
             self._registered.clear()

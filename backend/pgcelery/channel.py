@@ -234,7 +234,7 @@ class Channel(virtual.Channel):
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
         if self.broadcast.drain():
             return None
-        if self._consumers and self.qos.can_consume():
+        if self._consumers and self.connection.claiming and self.qos.can_consume():
             queues = [q for q in self._active_queues if not self.broadcast.fed_by_log(q)]
             if queues:
                 return self._get_many(queues, timeout=timeout)

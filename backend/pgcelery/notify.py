@@ -130,3 +130,9 @@ def listener(conninfo: str) -> Listener:
         if found is None:
             found = _LISTENERS[key] = Listener(conninfo)
         return found
+
+
+def listening(conninfo: str) -> bool:
+    """Whether this process already has a listener for ``conninfo`` (and pays for it)."""
+    with _LOCK:
+        return (os.getpid(), conninfo) in _LISTENERS

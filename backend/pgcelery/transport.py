@@ -72,6 +72,9 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._wake = threading.Event()
+        self._next_claim_poll = 0.0
+        #: Whether channels claim messages in this round of drain_events.
+        self.claiming = True
         self._listening = False
         #: Ids of the queues this connection consumes from the message table.
         self._watched: set[int] = set()
@@ -140,8 +143,19 @@ class Transport(virtual.Transport):
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         end = None if timeout is None else monotonic() + timeout
+        first = True
         while True:
-            self._wake.clear()
+            woken = self._wake.is_set()
+            if woken:
+                self._wake.clear()  # a wake-up after this point is seen by the next round
+            # Claim in each call's first round (capacity may have come back), after a wake-up,
+            # and every polling interval; not on the shorter timer of an event receiver's log
+            # reads, or a worker whose gossip polls would claim ten times a second when idle.
+            now = monotonic()
+            self.claiming = first or woken or now >= self._next_claim_poll
+            first = False
+            if self.claiming:
+                self._next_claim_poll = now + self.polling_interval * 0.99
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 return

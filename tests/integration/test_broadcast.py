@@ -35,8 +35,10 @@ def _scalar(url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
 class Listener:
     """One consuming connection with an ephemeral queue bound to ``exchange``."""
 
-    def __init__(self, url: str, name: str, exchange: Exchange, routing_key: str = "") -> None:
-        self.conn = _connection(url)
+    def __init__(
+        self, url: str, name: str, exchange: Exchange, routing_key: str = "", **options: Any
+    ) -> None:
+        self.conn = _connection(url, **options)
         self.received: list[Any] = []
         queue = Queue(name, exchange, routing_key=routing_key, auto_delete=True, durable=False)
         self.consumer = Consumer(self.conn.channel(), [queue], no_ack=True)
@@ -199,3 +201,98 @@ def test_bindings_of_dead_consumers_expire_with_their_messages(database_url: str
         producer.publish({"r": 2}, exchange=reply, routing_key="dead", declare=[reply])
         assert _scalar(database_url, "SELECT count(*) FROM kombu_message") == 0
     dead.release()
+
+
+def test_a_consumer_whose_binding_was_swept_gets_it_back(
+    database_url: str, listeners: list[Listener]
+) -> None:
+    """A receiver that stalled for longer than ``binding_ttl`` (or sat out an outage) may have
+    its binding swept by another process: its next refresh restores it, and it receives
+    broadcasts again instead of silently nothing."""
+    topic = Exchange("pgc.test.events", type="topic", durable=False)
+    stalled = Listener(database_url, "ev.stalled", topic, "#", binding_ttl=3)
+    listeners.append(stalled)
+    bindings = "SELECT count(*) FROM pgcelery_binding WHERE queue = 'ev.stalled'"
+    assert _scalar(database_url, bindings) == 1
+    with psycopg.connect(libpq(database_url), autocommit=True) as db:
+        db.execute("UPDATE pgcelery_binding SET expires_at = now() - interval '1 second'")
+    with _connection(database_url) as other:
+        swept = other.default_channel.broadcast.registry.sweep(other.default_channel._execute)
+    assert swept == 1
+    assert _scalar(database_url, bindings) == 0
+
+    def rebound() -> bool:
+        stalled.drain()
+        return bool(_scalar(database_url, bindings) == 1)
+
+    wait_until(rebound, timeout=30, what="the binding to come back")
+    with _connection(database_url) as conn:
+        Producer(conn.channel(), exchange=topic).publish(
+            {"key": "task.succeeded"}, routing_key="task.succeeded", declare=[topic]
+        )
+
+    def received() -> bool:
+        stalled.drain()
+        return bool(stalled.received)
+
+    wait_until(received, timeout=30, what="the broadcast")
+    assert [b["key"] for b in stalled.received] == ["task.succeeded"]
+
+
+def _counting_claims(channel: Any) -> list[int]:
+    """Count the claims a channel makes (it claims through ``_claim``)."""
+    claims: list[int] = []
+    original = channel._claim
+
+    def counted(queues: list[str], limit: int) -> Any:
+        claims.append(limit)
+        return original(queues, limit)
+
+    channel._claim = counted
+    return claims
+
+
+def test_the_event_timer_does_not_make_a_worker_claim_more_often(database_url: str) -> None:
+    """A worker's gossip queue is read from the log on the short events timer when nothing
+    listens (here: PgBouncer mode); the worker's task queues are still claimed only once per
+    drain_events call and every polling interval, not at every tick of that timer."""
+    topic = Exchange("pgc.test.events", type="topic", durable=False)
+    gossip = Queue("gossip-like", topic, routing_key="worker.#", auto_delete=True, durable=False)
+    with _connection(database_url, listen=False, events_poll_interval=0.05) as conn:
+        Consumer(conn.channel(), [gossip], no_ack=True).consume()
+        tasks = conn.channel()
+        claims = _counting_claims(tasks)
+        Consumer(tasks, [Queue("idle-tasks")], no_ack=True).consume()
+        assert conn.transport._poll_wait() == 0.05
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=1.5)
+    # The first round, then one poll a second later: never one per 0.05 s tick (30).
+    assert 1 <= len(claims) <= 3
+
+
+def test_a_process_that_listens_anyway_reads_events_by_notify(database_url: str) -> None:
+    """In a worker (it listens for its task queues), an event queue such as gossip's is woken by
+    NOTIFY like everything else: no timer, no extra cost."""
+    topic = Exchange("pgc.test.events", type="topic", durable=False)
+    gossip = Queue("gossip-like", topic, routing_key="worker.#", auto_delete=True, durable=False)
+    received: list[Any] = []
+    with _connection(database_url) as conn:
+        consumer = Consumer(conn.channel(), [gossip], no_ack=True)
+        consumer.register_callback(lambda body, message: received.append(body))
+        consumer.consume()
+        Consumer(conn.channel(), [Queue("worker-tasks")], no_ack=True).consume()
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.2)
+        assert conn.transport._poll_wait() == conn.transport.polling_interval
+        with _connection(database_url) as other:
+            Producer(other.channel(), exchange=topic).publish(
+                {"type": "worker-heartbeat"}, routing_key="worker.heartbeat", declare=[topic]
+            )
+
+        def heard() -> bool:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.05)
+            return bool(received)
+
+        wait_until(heard, timeout=30, what="the heartbeat")
+    assert received == [{"type": "worker-heartbeat"}]
