@@ -55,7 +55,7 @@ def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
 
 #: Event runs alternate, several rounds, and report medians: the budget (10%) is smaller than
 #: the run-to-run noise of a single measurement on a small machine.
-EVENT_ROUNDS = int(os.environ.get("BENCH_EVENT_ROUNDS", "5"))
+EVENT_ROUNDS = int(os.environ.get("BENCH_EVENT_ROUNDS", "2"))
 EVENT_RUN_ENV = {"BENCH_RSS_TASKS": "0"}
 
 
@@ -132,6 +132,44 @@ def run_events(admin: str, redis_url: str | None) -> list[dict[str, Any]]:
     return medians
 
 
+def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
+    """bench.events for pgcelery and, when it is there, Redis: {config: {phase: [rounds]}}."""
+    from pgcelery import migrations
+
+    found: dict[str, Any] = {}
+    for config in ("pgcelery", "redis"):
+        env = {**os.environ, "BENCH_CONFIG": config, "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}"}
+        url = None
+        if config == "redis":
+            if redis_url is None:
+                continue
+            import redis
+
+            redis.Redis.from_url(redis_url).flushdb()
+            env["BENCH_REDIS_URL"] = redis_url
+        else:
+            url = environment.fresh_database(admin)
+            migrations.upgrade(url)
+            env["DATABASE_URL"] = url
+        print(f"  events in one worker, receiver attached and not: {config} ...", flush=True)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.events"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            if url is not None:
+                environment.drop_database(admin, url)
+        if done.returncode != 0:
+            raise SystemExit(f"bench events/{config} failed:\n{done.stderr[-4000:]}")
+        found[config] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
 def main() -> None:
     from pgcelery import migrations
 
@@ -164,9 +202,12 @@ def main() -> None:
                 finally:
                     environment.drop_database(admin, url)
         if os.environ.get("BENCH_SKIP_EVENTS") != "1":
+            phases = run_event_phases(admin, redis_url)
             print("  events: pgcelery without and with worker events ...", flush=True)
             results += run_events(admin, redis_url)
-    text = render(header, results)
+        else:
+            phases = {}
+    text = render(header, results, phases)
     print(text)
     (ROOT / "bench" / "RESULTS.md").write_text(text)
 

@@ -39,7 +39,11 @@ def _ratio(a: Any, b: Any, higher_better: bool) -> str:
     return f"{b / a:.2f}x lower" if a <= b else f"{a / b:.2f}x higher"
 
 
-def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def render(
+    header: dict[str, Any],
+    results: list[dict[str, Any]],
+    phases: dict[str, Any] | None = None,
+) -> str:
     by = {(r["config"], r["workers"]): r for r in results}
     lines = [
         "# Benchmark: pgcelery vs stock kombu sqla vs Redis",
@@ -76,6 +80,7 @@ def render(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
             f"pgcelery worker RSS growth over 10,000 tasks: "
             f"{one['rss_after_mb'] - one['rss_before_mb']:+.1f} MB (one worker)."
         )
+    lines += _phases_section(phases or {})
     lines += _events_section(results)
     if not header.get("redis"):
         lines.append("No Redis was reachable or installed: the Redis column is empty.")
@@ -92,6 +97,63 @@ EVENT_ROWS = [
     ("cpu_server_ms", "CPU per task, PostgreSQL or Redis (ms)"),
     ("cpu_receiver_ms", "CPU per task, event receiver (ms)"),
 ]
+
+
+PHASE_ROWS = [
+    ("e2e_per_s", "end-to-end no-op tasks with results (tasks/s)"),
+    ("cpu_ms", "CPU per task, all processes (ms)"),
+    ("cpu_workers_ms", "CPU per task, worker (ms)"),
+    ("cpu_server_ms", "CPU per task, PostgreSQL or Redis (ms)"),
+    ("cpu_client_ms", "CPU per task, client (ms)"),
+    ("cpu_receiver_ms", "CPU per task, event receiver (ms)"),
+]
+
+
+def _phases_section(phases: dict[str, Any]) -> list[str]:
+    """bench.events: one worker with -E; no receiver vs a receiver attached, alternating."""
+    pg = phases.get("pgcelery")
+    if not pg:
+        return []
+    rounds = len(pg["none"])
+    lines = [
+        "",
+        f"## Event traffic, one worker with -E: no receiver vs a receiver attached "
+        f"({rounds} alternating rounds, medians)",
+        "",
+        "| measure | pgcelery, no receiver | pgcelery, receiver | receiver/none"
+        " | Redis, no receiver | Redis, receiver | receiver/none |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    redis = phases.get("redis") or {"none": [], "receiver": []}
+
+    def med(runs: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in runs if key in r]
+        return statistics.median(values) if values else None
+
+    for key, label in PHASE_ROWS:
+        a, b = med(pg["none"], key), med(pg["receiver"], key)
+        c, d = med(redis["none"], key), med(redis["receiver"], key)
+        lines.append(
+            f"| {label} | {_fmt(a)} | {_fmt(b)} | {_plain(b, a)} | {_fmt(c)} | {_fmt(d)} |"
+            f" {_plain(d, c)} |"
+        )
+    lines.append("")
+    for label, runs in (("pgcelery", pg), ("Redis", redis)):
+        pairs = zip(runs["none"], runs["receiver"], strict=True)
+        paired = [r["e2e_per_s"] / n["e2e_per_s"] for n, r in pairs]
+        if paired:
+            each = ", ".join(f"{p:.2f}" for p in paired)
+            lines.append(
+                f"{label}, tasks/s with a receiver / without, round by round: {each}"
+                f" (median {statistics.median(paired):.2f})."
+            )
+    lines += [
+        "",
+        "Without a receiver a pgcelery worker builds and sends no task events, so the first"
+        " column is a worker with no event traffic; Redis publishes its events to nobody. The"
+        " receiver runs on the same cores.",
+    ]
+    return lines
 
 
 def _events_section(results: list[dict[str, Any]]) -> list[str]:
