@@ -35,12 +35,11 @@ with app.connection_for_read() as conn:
 """
 
 
-def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
-    print(f"  {config}, {workers} worker(s) ...", flush=True)
-    full = {**os.environ, **env, "BENCH_CONFIG": config, "BENCH_WORKERS": str(workers)}
-    full["PYTHONPATH"] = f"{ROOT}:{ROOT / 'backend'}"
+def _run_module(module: str, env: dict[str, str], what: str) -> Any:
+    """Run ``python -m module`` in fresh processes; its last output line is JSON."""
+    full = {**os.environ, **env, "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}"}
     done = subprocess.run(
-        [sys.executable, "-m", "bench.measure"],
+        [sys.executable, "-m", module],
         cwd=ROOT,
         env=full,
         capture_output=True,
@@ -48,8 +47,14 @@ def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"bench {config}/{workers} failed:\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"bench {what} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(config: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
+    print(f"  {config}, {workers} worker(s) ...", flush=True)
+    full = {**env, "BENCH_CONFIG": config, "BENCH_WORKERS": str(workers)}
+    result: dict[str, Any] = _run_module("bench.measure", full, f"{config}/{workers}")
     return result
 
 
@@ -138,7 +143,7 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
 
     found: dict[str, Any] = {}
     for config in ("pgcelery", "redis"):
-        env = {**os.environ, "BENCH_CONFIG": config, "PYTHONPATH": f"{ROOT}:{ROOT / 'backend'}"}
+        env = {"BENCH_CONFIG": config}
         url = None
         if config == "redis":
             if redis_url is None:
@@ -153,20 +158,10 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
             env["DATABASE_URL"] = url
         print(f"  events in one worker, receiver attached and not: {config} ...", flush=True)
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "bench.events"],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            found[config] = _run_module("bench.events", env, f"events/{config}")
         finally:
             if url is not None:
                 environment.drop_database(admin, url)
-        if done.returncode != 0:
-            raise SystemExit(f"bench events/{config} failed:\n{done.stderr[-4000:]}")
-        found[config] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
 
 

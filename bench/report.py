@@ -141,12 +141,7 @@ def _phases_section(phases: dict[str, Any]) -> list[str]:
     for label, runs in (("pgcelery", pg), ("Redis", redis)):
         pairs = zip(runs["none"], runs["receiver"], strict=True)
         paired = [r["e2e_per_s"] / n["e2e_per_s"] for n, r in pairs]
-        if paired:
-            each = ", ".join(f"{p:.2f}" for p in paired)
-            lines.append(
-                f"{label}, tasks/s with a receiver / without, round by round: {each}"
-                f" (median {statistics.median(paired):.2f})."
-            )
+        lines += _round_by_round(f"{label}, tasks/s with a receiver / without", paired)
     lines += [
         "",
         "Without a receiver a pgcelery worker builds and sends no task events, so the first"
@@ -182,13 +177,7 @@ def _events_section(results: list[dict[str, Any]]) -> list[str]:
         )
     lines.append("")
     for label, found in (("pgcelery", sink), ("Redis", redis_sink)):
-        paired = found.get("paired_e2e")
-        if paired:
-            each = ", ".join(f"{p:.2f}" for p in paired)
-            lines.append(
-                f"{label}, events on + receiver / off, round by round: {each}"
-                f" (median {statistics.median(paired):.2f})."
-            )
+        lines += _round_by_round(f"{label}, events on + receiver / off", found.get("paired_e2e"))
     lines += [
         "",
         "Ratios here are plain quotients (with events / without): below 1.00 for tasks/s and"
@@ -197,6 +186,13 @@ def _events_section(results: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _round_by_round(what: str, ratios: list[float] | None) -> list[str]:
+    if not ratios:
+        return []
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    return [f"{what}, round by round: {each} (median {statistics.median(ratios):.2f})."]
 
 
 def _plain(a: Any, b: Any) -> str:
