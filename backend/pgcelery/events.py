@@ -124,8 +124,8 @@ class BatchingEventDispatcher(EventDispatcher):  # type: ignore[misc]
         buffered.append(fields)
         if len(buffered) >= self.buffer_limit:
             self.flush(errors=False, groups=True)
-        elif not self._armed.is_set():
-            self._armed.set()
+        else:
+            self._wake_flusher()
 
     def _heard(self, routing_key: str) -> bool:
         """Whether an event published now with ``routing_key`` would reach any consumer.
