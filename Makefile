@@ -30,6 +30,7 @@ LINT_PATHS := $(wildcard backend tests bench)
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy --strict

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from pgcelery.migrations.environment import run
+from pgcelery.schema.migrations.environment import run
 
 run()

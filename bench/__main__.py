@@ -67,7 +67,7 @@ EVENT_RUN_ENV = {"BENCH_RSS_TASKS": "0"}
 def _event_variant(
     admin: str, config: str, env: dict[str, str], sink: bool, redis_url: str | None
 ) -> dict[str, Any]:
-    from pgcelery import migrations
+    from pgcelery.schema import migrations
 
     url = environment.fresh_database(admin)
     receiver = None
@@ -139,7 +139,7 @@ def run_events(admin: str, redis_url: str | None) -> list[dict[str, Any]]:
 
 def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
     """bench.events for pgcelery and, when it is there, Redis: {config: {phase: [rounds]}}."""
-    from pgcelery import migrations
+    from pgcelery.schema import migrations
 
     found: dict[str, Any] = {}
     for config in ("pgcelery", "redis"):
@@ -166,7 +166,7 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    from pgcelery import migrations
+    from pgcelery.schema import migrations
 
     results: list[dict[str, Any]] = []
     with environment.postgres_server() as admin, environment.redis_server() as redis_url:

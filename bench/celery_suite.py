@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         url = fresh_database(admin_url)
         try:
             if not args.stock:  # stock kombu and Celery create their own tables
-                from pgcelery import migrations
+                from pgcelery.schema import migrations
 
                 migrations.upgrade(url)
             target = url.split("://", 1)[1]

@@ -34,7 +34,7 @@ def _with_pgcelery(test_app: Any) -> Any:
             given = kwargs.get("config") or {}
             defaults = production_defaults(Settings())
             app.conf.update({k: v for k, v in defaults.items() if k not in given})
-        from pgcelery import backend
+        from pgcelery.results import backend
 
         backend.install(app)
         return app
@@ -45,7 +45,7 @@ def _with_pgcelery(test_app: Any) -> Any:
 def pytest_configure(config: pytest.Config) -> None:
     from celery.contrib.testing import app as testing_app
 
-    from pgcelery import transport
+    from pgcelery.broker import transport
 
     transport.install()
     # celery.contrib.pytest imports TestApp from this module each time it builds an app.

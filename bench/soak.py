@@ -26,7 +26,8 @@ import psutil
 import psycopg
 
 from bench.environment import drop_database, fresh_database, postgres_server
-from pgcelery import create_app, dsn, migrations
+from pgcelery import create_app, dsn
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

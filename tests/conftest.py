@@ -12,7 +12,8 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.workers import solo_worker

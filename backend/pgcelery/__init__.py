@@ -5,7 +5,9 @@ One ``DATABASE_URL``, no Redis, no RabbitMQ. Start with :func:`create_app`.
 
 from __future__ import annotations
 
+from pgcelery import module_aliases
 from pgcelery.app import create_app
+from pgcelery.broker.transactional import enqueue_in, send_in_transaction
 from pgcelery.exceptions import (
     ConfigurationError,
     InvalidTenantId,
@@ -18,10 +20,13 @@ from pgcelery.exceptions import (
 from pgcelery.tenancy import (
     current_correlation_id,
     current_tenant_id,
+    db,
     tenant_context,
     tenant_task,
 )
-from pgcelery.transactional import enqueue_in, send_in_transaction
+
+# Old import paths (``pgcelery.beat``, ``pgcelery.migrations``, ...) answer with the moved modules.
+module_aliases.install()
 
 __all__ = [
     "ConfigurationError",
@@ -34,6 +39,7 @@ __all__ = [
     "create_app",
     "current_correlation_id",
     "current_tenant_id",
+    "db",
     "enqueue_in",
     "send_in_transaction",
     "tenant_context",

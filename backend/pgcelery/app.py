@@ -8,8 +8,10 @@ from typing import Any
 from celery import Celery
 
 from pgcelery import dsn
-from pgcelery.beat_schedule import default_schedule
-from pgcelery.settings import Settings
+from pgcelery.scheduling.schedule import default_schedule
+from pgcelery.settings import Settings, settings_of
+
+__all__ = ["BUILTIN_TASK_MODULES", "create_app", "production_defaults", "settings_of"]
 
 #: Task modules every pgcelery app includes.
 BUILTIN_TASK_MODULES = ("pgcelery.tasks.housekeeping", "pgcelery.tasks.maintenance")
@@ -68,7 +70,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "broker_heartbeat": 0,
         # Several beat processes may run: one leads (advisory lock) and each run fires once.
-        "beat_scheduler": "pgcelery.beat:PgScheduler",
+        "beat_scheduler": "pgcelery.scheduling.beat:PgScheduler",
         "beat_schedule": default_schedule(settings),
     }
 
@@ -85,25 +87,38 @@ def create_app(
     Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``.
     """
     settings = settings or Settings()
-    from pgcelery import wiring
+    # Process-wide: ``sqla+`` URLs are served by pgcelery's transport from here on.
+    from pgcelery.broker import transport
 
-    wiring.install_transport_and_backend()
+    transport.install()
     app = Celery(
         main,
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),
         include=[*BUILTIN_TASK_MODULES, *(m for m in include if m not in BUILTIN_TASK_MODULES)],
-        # Task events in batches, and none while nobody listens (pgcelery.events).
-        events="pgcelery.events:PgEvents",
+        # Task events in batches, and none while nobody listens (pgcelery.observability.events).
+        events="pgcelery.observability.events:PgEvents",
         set_as_current=True,
     )
     app.conf.update(production_defaults(settings))
     app.pgcelery_settings = settings
-    wiring.install_app_hooks(app, settings)
+    _install_app_hooks(app, settings)
     return app
 
 
-def settings_of(app: Celery) -> Settings:
-    """The pgcelery settings an app was created with (environment settings for a plain app)."""
-    found = getattr(app, "pgcelery_settings", None)
-    return found if isinstance(found, Settings) else Settings()
+def _install_app_hooks(app: Celery, settings: Settings) -> None:
+    """Per app: the result backend, tenant scoping, observability and worker heartbeats."""
+    from pgcelery.observability import heartbeat, redaction, server, signals
+    from pgcelery.observability import logging as json_logging
+    from pgcelery.results import backend
+    from pgcelery.tenancy import tasks as tenant_tasks
+
+    backend.install(app)
+    tenant_tasks.install()
+    redaction.register_url(settings.database_url)
+    json_logging.configure(settings.log_format)
+    json_logging.install()
+    signals.install()
+    app.pgcelery_observability = True
+    server.install(app)
+    heartbeat.install(app)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import psycopg
 
-from pgcelery import dsn, migrations, preflight, stats
+from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError, PgceleryError
-from pgcelery.schema import Names
+from pgcelery.observability import stats
+from pgcelery.schema import migrations, preflight
+from pgcelery.schema.tables import Names
 from pgcelery.settings import Settings
 
 #: The worker command of the Procfile, CI and the subprocess test fixture.

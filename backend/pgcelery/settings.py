@@ -8,7 +8,7 @@ the variable and the rule, and never echo the value (it may hold a password).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$")
@@ -283,3 +286,9 @@ class MigrationSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+
+
+def settings_of(app: Celery) -> Settings:
+    """The pgcelery settings an app was created with (environment settings for a plain app)."""
+    found = getattr(app, "pgcelery_settings", None)
+    return found if isinstance(found, Settings) else Settings()

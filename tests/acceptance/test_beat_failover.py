@@ -8,7 +8,7 @@ from contextlib import ExitStack
 import psycopg
 import pytest
 
-from pgcelery.beat import leader_lock_key
+from pgcelery.scheduling.beat import leader_lock_key
 from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until

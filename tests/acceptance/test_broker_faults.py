@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
-from pgcelery import create_app, dsn, enqueue_in, migrations
+from pgcelery import create_app, dsn, enqueue_in
 from pgcelery.embedded import EmbeddedPostgres
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq, scalar

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from celery import Celery
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.schemas import login_role, url_as

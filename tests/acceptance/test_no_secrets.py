@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
 from pgcelery.embedded import EmbeddedPostgres
 from pgcelery.observability.redaction import secret_forms
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.postgres import unique_name
 from tests.support.waiting import wait_until

@@ -9,8 +9,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
 from pgcelery.embedded import EmbeddedPostgres, free_port
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.waiting import wait_until
 from tests.support.workers import worker_process

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.scrape import sample
 from tests.support.waiting import wait_until

@@ -12,9 +12,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from pgcelery import create_app
-from pgcelery.async_tasks import async_task, run_async
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
+from pgcelery.tasks.async_tasks import async_task, run_async
 from tests.support.tasks import thread_event_loop
 from tests.support.workers import worker_process
 

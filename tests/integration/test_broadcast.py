@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from pgcelery import dsn, transport
-from pgcelery.broadcast import ChannelBroadcast
+from pgcelery import dsn
+from pgcelery.broker import transport
+from pgcelery.broker.broadcast import ChannelBroadcast
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until
 

@@ -12,7 +12,9 @@ from kombu import Connection
 from kombu.message import Message
 from kombu.simple import SimpleQueue
 
-from pgcelery import create_app, dsn, notify, transport
+from pgcelery import create_app, dsn
+from pgcelery.broker import listener as notify
+from pgcelery.broker import transport
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.waiting import wait_until

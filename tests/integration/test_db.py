@@ -10,8 +10,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from pgcelery import db, tenant_context
+from pgcelery import tenant_context
 from pgcelery.settings import Settings
+from pgcelery.tenancy import db
 from tests.support.postgres import libpq
 
 A = "6f1f3c39-8a4e-4a65-9a2b-0d7a0e6f3b11"

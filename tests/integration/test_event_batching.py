@@ -16,9 +16,11 @@ import pytest
 from celery import Celery
 from kombu import Consumer, Queue
 
-from pgcelery import create_app, dsn, migrations, transport
+from pgcelery import create_app, dsn
+from pgcelery.broker import transport
 from pgcelery.embedded import EmbeddedPostgres
-from pgcelery.events import BATCH_ROUTING_KEY, BatchingEventDispatcher
+from pgcelery.observability.events import BATCH_ROUTING_KEY, BatchingEventDispatcher
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.events import Collector
 from tests.support.postgres import scalar

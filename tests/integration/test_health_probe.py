@@ -3,8 +3,8 @@ from __future__ import annotations
 import psycopg
 from celery import Celery
 
-from pgcelery import migrations
 from pgcelery.observability.health import DatabaseProbe
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 

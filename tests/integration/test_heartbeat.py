@@ -14,7 +14,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from pgcelery import connections, create_app
-from pgcelery.heartbeat import Heartbeat
+from pgcelery.observability.heartbeat import Heartbeat
 from pgcelery.settings import Settings
 from tests.support.waiting import wait_until
 
@@ -77,7 +77,7 @@ def test_a_beat_against_an_unreachable_database_is_logged_not_raised() -> None:
     # Our own handler: the worker's logging setup may stop records before pytest's caplog.
     # (and an earlier in-process worker leaves the level at ERROR).
     records = _Records()
-    logger = logging.getLogger("pgcelery.heartbeat")
+    logger = logging.getLogger("pgcelery.observability.heartbeat")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(records)

@@ -9,10 +9,11 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery import create_app, db, tenant_context
+from pgcelery import create_app, tenant_context
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from pgcelery.tasks.maintenance import prune_results, refresh_materialized_views
+from pgcelery.tenancy import db
 from tests.support.postgres import libpq
 from tests.support.workers import solo_worker
 

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery.progress import PROGRESS, Progress, progress_of, report_progress
+from pgcelery.observability.progress import PROGRESS, Progress, progress_of, report_progress
 from tests.support.waiting import wait_until
 
 

@@ -9,7 +9,7 @@ from celery import Celery, states
 from celery.contrib.testing.worker import TestWorkController, start_worker
 
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.retries import RetryingTask, retry_policy
+from pgcelery.tasks.retries import RetryingTask, retry_policy
 from tests.support.tasks import FlakyError
 
 

@@ -4,7 +4,9 @@ import psycopg
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery import backend, dsn, transport
+from pgcelery import dsn
+from pgcelery.broker import transport
+from pgcelery.results import backend
 from tests.support.postgres import libpq
 
 

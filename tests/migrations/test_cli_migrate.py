@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgcelery import migrations
+from pgcelery.schema import migrations
 from tests.support.schemas import relations, url_as
 
 PASSWORD = "cli-secret-pw"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
 from pgcelery.exceptions import SchemaBehind, SchemaNotMigrated
-from pgcelery.schema_check import check_schema, forget_checks, inspect_schema
+from pgcelery.schema import migrations
+from pgcelery.schema.check import check_schema, forget_checks, inspect_schema
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.schemas import relations, url_as

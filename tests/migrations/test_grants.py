@@ -8,7 +8,8 @@ from contextlib import ExitStack
 import psycopg
 import pytest
 
-from pgcelery import create_app, migrations
+from pgcelery import create_app
+from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.schemas import login_role, url_as

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgcelery import migrations
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.schema_check import check_schema
+from pgcelery.schema import migrations
+from pgcelery.schema.check import check_schema
 from tests.support.postgres import libpq
 from tests.support.schemas import relations
 
@@ -32,7 +32,7 @@ import os
 import sqlalchemy as sa
 from alembic import context
 
-from pgcelery.migrations import exclude_pgcelery
+from pgcelery.schema.migrations import exclude_pgcelery
 
 metadata = sa.MetaData()
 sa.Table(

@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pgcelery import dsn, migrations
-from pgcelery.schema import VERSION_TABLE, build_metadata, model_tables
+from pgcelery import dsn
+from pgcelery.schema import migrations
+from pgcelery.schema.tables import VERSION_TABLE, build_metadata, model_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 

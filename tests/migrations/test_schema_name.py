@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pgcelery import create_app, dsn, migrations
-from pgcelery.schema import VERSION_TABLE, build_metadata
+from pgcelery import create_app, dsn
+from pgcelery.schema import migrations
+from pgcelery.schema.tables import VERSION_TABLE, build_metadata
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.schemas import relations

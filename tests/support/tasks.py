@@ -10,8 +10,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from pgcelery.async_tasks import async_task, run_async
-from pgcelery.retries import retry_policy
+from pgcelery.tasks.async_tasks import async_task, run_async
+from pgcelery.tasks.retries import retry_policy
 
 
 @shared_task(name="tests.add")
@@ -138,7 +138,7 @@ def progress_steps(self: Task, total: int, gate: str) -> int:
     """Report each step, then wait for the test to create ``<gate>/<step>`` before going on."""
     from pathlib import Path
 
-    from pgcelery.progress import report_progress
+    from pgcelery.observability.progress import report_progress
 
     for step in range(1, total + 1):
         report_progress(self, step, total, stage=f"step {step}")

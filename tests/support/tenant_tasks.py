@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from celery import Task, shared_task
 from pydantic import BaseModel, Field
 
-from pgcelery import current_correlation_id, current_tenant_id, db, tenant_task
+from pgcelery import current_correlation_id, current_tenant_id, tenant_task
+from pgcelery.tenancy import db
 
 _SEEN = sa.text(
     "SELECT current_setting('app.current_tenant_id', true) AS tenant_guc,"

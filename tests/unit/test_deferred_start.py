@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from pgcelery.deferred_start import DeferredStarts
+from pgcelery.results.deferred_start import DeferredStarts
 
 
 def test_a_state_stored_while_started_is_being_written_waits_for_it() -> None:

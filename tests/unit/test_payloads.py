@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from pgcelery.exceptions import PayloadInvalid
-from pgcelery.payloads import keyword_values, validate
+from pgcelery.tenancy.payloads import keyword_values, validate
 
 
 class Transfer(BaseModel):

@@ -16,7 +16,7 @@ from pgcelery import (
     tenant_task,
 )
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.tenancy import GlobalTask, TenantTask
+from pgcelery.tenancy.tasks import GlobalTask, TenantTask
 
 A = "6f1f3c39-8a4e-4a65-9a2b-0d7a0e6f3b11"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pgcelery import connections, dsn
 from pgcelery.observability.redaction import scrub
-from pgcelery.schema import TENANT_OF_KWARGS, Names
+from pgcelery.schema.tables import TENANT_OF_KWARGS, Names
 from pgcelery.settings import Settings
 
 #: Broker-internal queues (remote control, events) that are not task queues.

@@ -18,8 +18,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgcelery.exceptions import BudgetExceeded, PayloadInvalid, TenancyError
-from pgcelery.scope import current_correlation_id, current_tenant_id
-from pgcelery.tenancy import tenant_task
+from pgcelery.tenancy.scope import current_correlation_id, current_tenant_id
+from pgcelery.tenancy.tasks import tenant_task
 
 #: Price of summarising one document, and of each started thousand characters of it.
 CENTS_PER_DOCUMENT = 2

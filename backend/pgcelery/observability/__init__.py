@@ -1,26 +1,12 @@
-"""Worker observability: ``/metrics``, ``/health`` and ``/livez``, JSON logs, no secrets.
+"""Observability: what a worker reports about itself and the queue, with no secrets in it.
 
-On a Postgres broker Celery's remote control and events are silent, so Flower and
-celery-exporter see nothing; the worker reports on itself instead. :func:`install` wires it
-all into an app (``create_app`` calls it); see docs/reference/metrics.md, health.md and
-log-fields.md.
+Owns ``metrics`` (every metric, declared once), ``signals`` (task counters), ``server``
+(``/metrics``, ``/health``, ``/livez``), ``health`` (the probes), ``logging`` (JSON logs with
+ids), ``redaction`` (the ``DATABASE_URL`` password scrubbed everywhere), ``heartbeat`` (worker
+rows in ``pgcelery_worker``), ``events`` (batched task events), ``stats`` (``pgcelery stats``)
+and ``progress`` (task progress read from results).
+
+May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``
+and tenancy's ``scope``. The broker and the results import ``redaction`` only; nothing below the
+app factory imports ``server``.
 """
-
-from __future__ import annotations
-
-from celery import Celery
-
-from pgcelery.settings import Settings
-
-
-def install(app: Celery, settings: Settings) -> None:
-    """Redaction, logging, task counters and (when enabled) the worker's HTTP server."""
-    from pgcelery.observability import logging as json_logging
-    from pgcelery.observability import redaction, server, signals
-
-    redaction.register_url(settings.database_url)
-    json_logging.configure(settings.log_format)
-    json_logging.install()
-    signals.install()
-    app.pgcelery_observability = True
-    server.install(app)

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from pgcelery import migrations
 from pgcelery.observability.metrics import QueueStats
 from pgcelery.observability.redaction import scrub
-from pgcelery.schema import Names
+from pgcelery.schema import migrations
+from pgcelery.schema.tables import Names
 from pgcelery.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,16 @@ leaves Celery's log level, log file and stdout redirection as the operator chose
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 from celery import signals
 from pythonjsonlogger.json import JsonFormatter
 
 from pgcelery.observability.redaction import install_filter, scrub, scrub_value
+from pgcelery.tenancy.scope import current_correlation_id, current_tenant_id
 
 CONTEXT_FIELDS = ("task_name", "task_id", "tenant_id", "correlation_id", "hostname")
 _FORMAT = {"format": "json"}
@@ -34,20 +33,7 @@ def set_hostname(hostname: str | None) -> None:
     _HOSTNAME["value"] = hostname
 
 
-@functools.cache
-def _tenancy() -> ModuleType | None:
-    # pgcelery.tenancy keeps the tenant and correlation ids in contextvars; it may be absent.
-    try:
-        return importlib.import_module("pgcelery.tenancy")
-    except ImportError:
-        return None
-
-
-def _from_tenancy(name: str) -> str | None:
-    module = _tenancy()
-    getter = getattr(module, name, None) if module is not None else None
-    if getter is None:
-        return None
+def _from_scope(getter: Callable[[], str | None]) -> str | None:
     try:
         value = getter()
     except Exception:  # a missing id must never break a log line
@@ -68,8 +54,8 @@ def context_fields(record: logging.LogRecord) -> dict[str, str]:
     from celery._state import get_current_task
 
     fields: dict[str, str | None] = {
-        "tenant_id": _from_tenancy("current_tenant_id"),
-        "correlation_id": _from_tenancy("current_correlation_id"),
+        "tenant_id": _from_scope(current_tenant_id),
+        "correlation_id": _from_scope(current_correlation_id),
         "hostname": _HOSTNAME["value"],
     }
     task = get_current_task()

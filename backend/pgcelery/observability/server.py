@@ -28,11 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from sqlalchemy.exc import SQLAlchemyError
 
-from pgcelery.app import settings_of
 from pgcelery.observability import logging as json_logging
 from pgcelery.observability import metrics, signals
 from pgcelery.observability.health import DatabaseProbe
-from pgcelery.settings import Settings
+from pgcelery.settings import Settings, settings_of
 
 log = logging.getLogger(__name__)
 

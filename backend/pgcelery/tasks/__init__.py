@@ -1,1 +1,9 @@
-"""pgcelery's built-in tasks, included by every app ``create_app`` builds."""
+"""Tasks: pgcelery's built-in tasks and the helpers a host writes its own tasks with.
+
+Owns the built-in task modules every ``create_app`` app includes (``housekeeping``,
+``maintenance``, with ``maintenance_registry`` for the host's per-tenant handlers) and the
+task-writing helpers ``retries`` (backoff with jitter) and ``async_tasks`` (coroutines as tasks).
+
+May import: ``pgcelery.exceptions``, ``settings``, ``pgcelery.schema`` and tenancy. Never the app
+factory (a task module is imported by it), the CLI or the dashboard.
+"""

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from pgcelery.scope import current_correlation_id, current_tenant_id
+from pgcelery.tenancy.scope import current_correlation_id, current_tenant_id
 
 
 @shared_task(name="housekeeping.ping", bind=True, acks_late=True)

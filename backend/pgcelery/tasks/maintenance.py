@@ -3,7 +3,7 @@
 The global tasks (``refresh_materialized_views``, ``prune_results``) always run with no tenant
 set; run them through a role that row-level security does not limit. The tenant tasks
 (``tenant_retention``, ``tenant_pii_scrub``) run the handlers the host registered in
-:mod:`pgcelery.maintenance_registry` with the tenant's context applied.
+:mod:`pgcelery.tasks.maintenance_registry` with the tenant's context applied.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Task, shared_task
 
-from pgcelery import db
-from pgcelery.app import settings_of
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.maintenance_registry import Purpose, handlers
-from pgcelery.schema import Names
-from pgcelery.tenancy import GlobalTask, tenant_task
+from pgcelery.schema.tables import Names
+from pgcelery.settings import settings_of
+from pgcelery.tasks.maintenance_registry import Purpose, handlers
+from pgcelery.tenancy import db
+from pgcelery.tenancy.tasks import GlobalTask, tenant_task
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 from sqlalchemy.engine import make_url
 
-from pgcelery import create_app, db
+from pgcelery import create_app
 from pgcelery.settings import Settings
+from pgcelery.tenancy import db
 from tests.support import rls
 from tests.support.postgres import drop_database
 from tests.support.workers import solo_worker

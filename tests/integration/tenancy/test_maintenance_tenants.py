@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery import current_tenant_id, db
-from pgcelery.maintenance_registry import register, unregister
+from pgcelery import current_tenant_id
 from pgcelery.tasks.maintenance import tenant_pii_scrub, tenant_retention
+from pgcelery.tasks.maintenance_registry import register, unregister
+from pgcelery.tenancy import db
 from tests.integration.tenancy.conftest import notes_of
 from tests.support.postgres import libpq
 

@@ -8,8 +8,8 @@ from typing import Any
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 
-from pgcelery import db
 from pgcelery.settings import Settings
+from pgcelery.tenancy import db
 from tests.integration.tenancy.conftest import notes_of
 from tests.support.tenant_tasks import insert_note, plain_observe, tenant_observe
 

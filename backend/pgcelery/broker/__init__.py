@@ -1,0 +1,12 @@
+"""The broker: how a message travels from a producer's ``INSERT`` to a worker's ack.
+
+Owns pgcelery's kombu transport (``transport``) and its channel (``channel``): publishing,
+``FOR UPDATE SKIP LOCKED`` claims (``message_sql``), lease renewal (``leases``), acks that delete
+(``acks``), shared bindings and the fanout log (``bindings``, ``broadcast``), the process-wide
+``LISTEN`` connection (``listener``) and enqueue inside the caller's transaction
+(``transactional``).
+
+May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections`` and
+``pgcelery.schema``. Never the app factory, the CLI, results, tenancy, observability or the
+dashboard: everything above builds on the broker, not the other way round.
+"""

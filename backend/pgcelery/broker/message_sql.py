@@ -1,0 +1,109 @@
+"""The statements the transport runs on ``kombu_queue`` and ``kombu_message``.
+
+Built once per schema from :class:`~pgcelery.schema.tables.Names` (validated, quoted identifiers);
+every value is a bind parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from pgcelery.schema.tables import Names
+
+#: A message that is waiting: not deleted by stock kombu, and not leased (or its lease ran out).
+_READY = "visible AND visible_at <= now()"
+
+
+@dataclass(frozen=True)
+class MessageSql:
+    names: Names
+
+    @cached_property
+    def claim(self) -> str:
+        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds.
+
+        Each row also carries the broadcast log's head as this statement saw it: every
+        broadcast committed before a claimed message (a revoke sent just before the task) has
+        an id at or below it, so the worker can read those broadcasts before it runs the task.
+        """
+        m = self.names.message
+        return (
+            # Pending acks ride along: the DELETE touches only rows this channel holds leased,
+            # which the claim below cannot select (their visible_at is in the future).
+            f"WITH acked AS (DELETE FROM {m} m"
+            " USING unnest(%s::bigint[], %s::uuid[]) AS a(id, token)"
+            " WHERE m.id = a.id AND m.lease_token = a.token),"
+            # One ordered index scan per queue, never a bitmap scan: an index scan marks the
+            # entries of deleted messages dead as it passes them, so the next claim skips them
+            # instead of re-reading every row deleted since the last vacuum.
+            " c AS (SELECT q.id FROM unnest(%s::int[]) AS qs(queue_id) CROSS JOIN LATERAL"
+            f" (SELECT id, priority FROM {m} WHERE queue_id = qs.queue_id AND {_READY}"
+            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) q"
+            " ORDER BY q.priority DESC, q.id LIMIT %s),"
+            # Same statement, same snapshot as the claim (broadcast ids commit in id order).
+            f" h AS (SELECT coalesce(max(id), 0) AS head FROM {self.names.broadcast})"
+            f" UPDATE {m} m SET visible_at = now() + make_interval(secs => %s),"
+            " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1"
+            " FROM c CROSS JOIN h WHERE m.id = c.id"
+            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload, h.head"
+        )
+
+    @cached_property
+    def put(self) -> str:
+        """Params: payload, queue id, priority."""
+        return (
+            f"INSERT INTO {self.names.message}"
+            " (id, visible, timestamp, payload, version, queue_id, priority)"
+            f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
+            " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s)"
+        )
+
+    @cached_property
+    def delete_held(self) -> str:
+        """Params: ids, lease tokens. Deletes only what those leases still hold (fencing)."""
+        return (
+            f"DELETE FROM {self.names.message} m"
+            " USING unnest(%s::bigint[], %s::uuid[]) AS a(id, token)"
+            " WHERE m.id = a.id AND m.lease_token = a.token"
+        )
+
+    @cached_property
+    def delete_one(self) -> str:
+        """Params: id, lease token."""
+        return f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s"
+
+    @cached_property
+    def release(self) -> str:
+        """Params: ids, lease tokens. Gives held messages back, claimable at once."""
+        return (
+            f"UPDATE {self.names.message} m SET visible_at = now(), lease_token = NULL"
+            " FROM unnest(%s::bigint[], %s::uuid[]) AS r(id, token)"
+            " WHERE m.id = r.id AND m.lease_token = r.token"
+        )
+
+    @cached_property
+    def create_queue(self) -> str:
+        """Params: name, name."""
+        q = self.names.queue
+        return (
+            f"INSERT INTO {q} (id, name)"
+            f" SELECT nextval('{self.names.sequence('queue_id_sequence')}'), %s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {q} WHERE name = %s)"
+            " ON CONFLICT (name) DO NOTHING"
+        )
+
+    @cached_property
+    def queue_id(self) -> str:
+        """Params: name."""
+        return f"SELECT id FROM {self.names.queue} WHERE name = %s"
+
+    @cached_property
+    def size(self) -> str:
+        """Params: queue id."""
+        return f"SELECT count(*) FROM {self.names.message} WHERE queue_id = %s AND {_READY}"
+
+    @cached_property
+    def purge(self) -> str:
+        """Params: queue id. Waiting messages only; leased ones finish or come back."""
+        return f"DELETE FROM {self.names.message} WHERE queue_id = %s AND {_READY}"

@@ -1,7 +1,0 @@
-"""Alembic environment for pgcelery's packaged revisions (see environment.py)."""
-
-from __future__ import annotations
-
-from pgcelery.migrations.environment import run
-
-run()

@@ -1,0 +1,9 @@
+"""The result backend: task states and results in ``celery_taskmeta``, woken by NOTIFY.
+
+Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits)
+and ``deferred_start`` (STARTED stored only for tasks that run long enough to be seen).
+
+May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``,
+the broker's ``listener`` and observability's ``redaction``. Never the app factory, the CLI,
+tenancy, scheduling or the dashboard.
+"""

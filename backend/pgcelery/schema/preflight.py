@@ -1,0 +1,148 @@
+"""``pgcelery check``: can a worker start here? Configuration, database, schema, privileges.
+
+Each check has its own exit code so a deploy script or an init container can tell the failures
+apart; the checks run in order and stop at the first failure, since each needs the one before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+
+from pgcelery import dsn
+from pgcelery.exceptions import ConfigurationError, SchemaError
+from pgcelery.schema.check import inspect_schema
+from pgcelery.schema.tables import (
+    BEAT_TABLE,
+    GROUP_TABLE,
+    MESSAGE_TABLE,
+    QUEUE_TABLE,
+    TASK_TABLE,
+    WORKER_TABLE,
+)
+from pgcelery.settings import Settings
+
+
+class Exit(IntEnum):
+    """``pgcelery check`` exit codes (documented in docs/reference/cli.md)."""
+
+    OK = 0
+    CONFIGURATION = 2
+    UNREACHABLE = 3
+    SCHEMA = 4
+    PRIVILEGES = 5
+
+
+#: What a worker, a producer and beat do to each table; the migrations grant exactly this.
+REQUIRED_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    QUEUE_TABLE: ("SELECT", "INSERT"),
+    MESSAGE_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    TASK_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    GROUP_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    WORKER_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    BEAT_TABLE: ("SELECT", "INSERT", "UPDATE"),
+}
+REQUIRED_SEQUENCES = (
+    "queue_id_sequence",
+    "message_id_sequence",
+    "task_id_sequence",
+    "taskset_id_sequence",
+)
+CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+
+
+def missing_privileges(conn: psycopg.Connection[Any], role: str, schema: str) -> list[str]:
+    """``"SELECT on kombu_message"``-style descriptions of what ``role`` lacks."""
+    missing: list[str] = []
+    if not _has(conn, "has_schema_privilege(%s, %s, 'USAGE')", (role, schema)):
+        return [f"USAGE on schema {schema}"]
+    for table, privileges in REQUIRED_TABLE_PRIVILEGES.items():
+        qualified = f'"{schema}"."{table}"'
+        for privilege in privileges:
+            if not _has(conn, "has_table_privilege(%s, %s, %s)", (role, qualified, privilege)):
+                missing.append(f"{privilege} on {table}")
+    for sequence in REQUIRED_SEQUENCES:
+        qualified = f'"{schema}"."{sequence}"'
+        if not _has(conn, "has_sequence_privilege(%s, %s, 'USAGE')", (role, qualified)):
+            missing.append(f"USAGE on sequence {sequence}")
+    return missing
+
+
+def _has(conn: psycopg.Connection[Any], expression: str, params: tuple[str, ...]) -> bool:
+    row = conn.execute(f"SELECT {expression}", params).fetchone()
+    return bool(row and row[0])
+
+
+def run_checks(report: Callable[[Finding], None]) -> Exit:
+    """Run every check in order, reporting each; the exit code of the first failure, or OK."""
+    try:
+        settings = Settings()
+    except ConfigurationError as exc:
+        report(Finding("configuration", False, str(exc)))
+        return Exit.CONFIGURATION
+    url = settings.database_url
+    report(Finding("configuration", True, f"database {dsn.redact(url)}"))
+
+    try:
+        conn = psycopg.connect(dsn.libpq_url(url), connect_timeout=CONNECT_TIMEOUT)
+    except psycopg.Error as exc:
+        detail = f"cannot connect to {dsn.redact(url)}: {_first_line(exc)}"
+        report(Finding("database", False, detail))
+        return Exit.UNREACHABLE
+    with conn:
+        row = conn.execute("SELECT current_user, current_setting('server_version')").fetchone()
+        user, version = (str(row[0]), str(row[1])) if row else ("?", "?")
+        report(Finding("database", True, f"PostgreSQL {version}, connected as {user}"))
+
+        try:
+            state = inspect_schema(url, settings.schema_name)
+        except SchemaError as exc:
+            report(Finding("schema", False, str(exc)))
+            return Exit.PRIVILEGES
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            report(Finding("schema", False, f"cannot read the schema: {_first_line(exc)}"))
+            return Exit.UNREACHABLE
+        if not state.at_head:
+            detail = (
+                f"database at {state.current or 'no revision'}, this pgcelery expects "
+                f"{state.expected}: run `pgcelery migrate`"
+            )
+            report(Finding("schema", False, detail))
+            return Exit.SCHEMA
+        report(Finding("schema", True, f"at head {state.expected} (schema {settings.schema_name})"))
+
+        roles = [user]
+        if settings.app_role != user and _has(
+            conn, "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (settings.app_role,)
+        ):
+            roles.append(settings.app_role)
+        failed = False
+        for role in roles:
+            missing = missing_privileges(conn, role, settings.schema_name)
+            if missing:
+                failed = True
+                detail = (
+                    f"role {role} lacks {', '.join(missing)}: run `pgcelery migrate` as the "
+                    f"tables' owner with PGCELERY_APP_ROLE={role}"
+                )
+                report(Finding("privileges", False, detail))
+            else:
+                report(Finding("privileges", True, f"role {role} has what workers need"))
+    return Exit.PRIVILEGES if failed else Exit.OK
+
+
+def _first_line(exc: BaseException) -> str:
+    # Driver messages never contain the password; keep only the headline.
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

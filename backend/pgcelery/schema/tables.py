@@ -1,0 +1,225 @@
+"""The tables pgcelery owns, as SQLAlchemy metadata, and their names as safe SQL identifiers.
+
+The metadata starts from kombu's and Celery's own models (so an upgrade of either that changes
+a model shows up as drift against the migrations) and adds the columns pgcelery's broker needs.
+Migrations create these tables; nothing here ever runs ``create_all``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
+
+import sqlalchemy as sa
+from celery.backends.database.models import Task, TaskExtended, TaskSet  # noqa: F401
+from celery.backends.database.session import ResultModelBase
+from kombu.transport.sqlalchemy.models import Message as MessageBase
+from kombu.transport.sqlalchemy.models import ModelBase, class_registry
+from kombu.transport.sqlalchemy.models import Queue as QueueBase
+from sqlalchemy.dialects import postgresql
+
+QUEUE_TABLE = "kombu_queue"
+MESSAGE_TABLE = "kombu_message"
+TASK_TABLE = "celery_taskmeta"
+GROUP_TABLE = "celery_tasksetmeta"
+BROADCAST_TABLE = "pgcelery_broadcast"
+BINDING_TABLE = "pgcelery_binding"
+WORKER_TABLE = "pgcelery_worker"
+BEAT_TABLE = "pgcelery_beat"
+#: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
+MESSAGE_CHANNEL = "pgcelery_message"
+RESULT_CHANNEL = "pgcelery_result"
+#: NOTIFY channel for "a broadcast was published"; the payload is the exchange name.
+BROADCAST_CHANNEL = "pgcelery_broadcast"
+#: The tenant id in a result's stored kwargs (JSON bytes), as revision 0006 indexes it: an
+#: immutable expression that never raises, whatever bytes the column holds. Spelled the way
+#: PostgreSQL prints it back, so the no-drift comparison with the database matches.
+TENANT_OF_KWARGS = (
+    '"substring"(encode(kwargs, \'escape\'::text), \'"tenant_id": *"?([^",}]+)\'::text)'
+)
+#: The Alembic version table pgcelery uses when it migrates on its own.
+VERSION_TABLE = "pgcelery_alembic_version"
+
+
+def _kombu_model(name: str, base: type, tablename: str) -> sa.Table:
+    # Same registry key kombu's transport uses, so whichever of us defines the class first wins
+    # and the other reuses it instead of declaring the table twice.
+    cls: Any = class_registry.get(name) or type(
+        name, (base, ModelBase), {"__tablename__": tablename}
+    )
+    table: sa.Table = cls.__table__
+    return table
+
+
+def model_tables() -> list[sa.Table]:
+    """kombu's and Celery's tables exactly as their models declare them."""
+    return [
+        _kombu_model("Queue", QueueBase, QUEUE_TABLE),
+        _kombu_model("Message", MessageBase, MESSAGE_TABLE),
+        ResultModelBase.metadata.tables[TASK_TABLE],
+        ResultModelBase.metadata.tables[GROUP_TABLE],
+    ]
+
+
+def build_metadata(schema: str = "public") -> sa.MetaData:
+    """The full schema at head: the model tables plus pgcelery's additions, in ``schema``."""
+    # The default "ix_%(column_0_label)s" puts the schema into index names ("ix_jobs_kombu_…")
+    # when the tables are not in public; the migrations name them the same in every schema.
+    md = sa.MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_name)s"})
+    target = None if schema == "public" else schema
+    for table in model_tables():
+        # Never RETAIN: Celery's backend mutates its model's schema when configured.
+        table.to_metadata(md, schema=cast(Any, target))
+
+    def named(name: str) -> sa.Table:
+        return md.tables[f"{schema}.{name}" if target else name]
+
+    # Revision 0002 widens the 32-bit ids of the busy tables (see there).
+    for name in (MESSAGE_TABLE, TASK_TABLE, GROUP_TABLE):
+        named(name).c.id.type = sa.BigInteger()
+    message = named(MESSAGE_TABLE)
+    # Added by revision 0002 (the broker): claiming, leases and priorities.
+    message.append_column(sa.Column("priority", sa.SmallInteger, nullable=False))
+    message.append_column(
+        sa.Column(
+            "visible_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        )
+    )
+    message.append_column(sa.Column("lease_token", postgresql.UUID(as_uuid=True)))
+    message.append_column(
+        sa.Column("deliveries", sa.Integer, nullable=False, server_default=sa.text("0"))
+    )
+    sa.Index(
+        "ix_kombu_message_claim",
+        message.c.queue_id,
+        message.c.priority.desc(),
+        message.c.id,
+    )
+    # Added by revision 0003: one row per worker node, refreshed by its heartbeat.
+    worker = sa.Table(
+        WORKER_TABLE,
+        md,
+        sa.Column("hostname", sa.Text, primary_key=True),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("pool", sa.Text, nullable=False),
+        sa.Column("concurrency", sa.Integer, nullable=False),
+        sa.Column(
+            "queues", postgresql.ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")
+        ),
+        sa.Column("tasks_in_flight", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("processed", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("version", sa.Text),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column(
+            "last_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_worker_last_seen", worker.c.last_seen)
+    # Added by revision 0004: the broadcast log (fanout and events) and shared bindings.
+    sa.Table(
+        BROADCAST_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("exchange", sa.Text, nullable=False),
+        sa.Column("routing_key", sa.Text, nullable=False, server_default=sa.text("''")),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        schema=target,
+    )
+    binding = sa.Table(
+        BINDING_TABLE,
+        md,
+        sa.Column("exchange", sa.Text, primary_key=True),
+        sa.Column("queue", sa.Text, primary_key=True),
+        sa.Column("routing_key", sa.Text, primary_key=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_binding_expires_at", binding.c.expires_at)
+    # Added by revision 0005: when each beat entry last fired (pgcelery.scheduling.beat).
+    sa.Table(
+        BEAT_TABLE,
+        md,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("task", sa.Text, nullable=False),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("total_run_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("last_task_id", sa.Text),
+        schema=target,
+    )
+    # Added by revision 0006: the dashboard's keyset-paginated reads of recent results.
+    task = named(TASK_TABLE)
+    sa.Index("ix_celery_taskmeta_status_date_done", task.c.status, task.c.date_done, task.c.id)
+    sa.Index("ix_celery_taskmeta_name_date_done", task.c.name, task.c.date_done, task.c.id)
+    sa.Index(
+        "ix_celery_taskmeta_tenant_date_done",
+        sa.text(TENANT_OF_KWARGS),
+        task.c.date_done,
+        task.c.id,
+        postgresql_where=sa.text(f"{TENANT_OF_KWARGS} IS NOT NULL"),
+    )
+    return md
+
+
+@dataclass(frozen=True)
+class Names:
+    """Schema-qualified, quoted identifiers for raw SQL; the schema is a validated identifier."""
+
+    schema: str = "public"
+
+    def _q(self, name: str) -> str:
+        return f'"{self.schema}"."{name}"'
+
+    @cached_property
+    def queue(self) -> str:
+        return self._q(QUEUE_TABLE)
+
+    @cached_property
+    def message(self) -> str:
+        return self._q(MESSAGE_TABLE)
+
+    @cached_property
+    def task(self) -> str:
+        return self._q(TASK_TABLE)
+
+    @cached_property
+    def group(self) -> str:
+        return self._q(GROUP_TABLE)
+
+    @cached_property
+    def broadcast(self) -> str:
+        return self._q(BROADCAST_TABLE)
+
+    @cached_property
+    def binding(self) -> str:
+        return self._q(BINDING_TABLE)
+
+    @cached_property
+    def worker(self) -> str:
+        return self._q(WORKER_TABLE)
+
+    @cached_property
+    def beat(self) -> str:
+        return self._q(BEAT_TABLE)
+
+    def sequence(self, name: str) -> str:
+        return self._q(name)
+
+    @cached_property
+    def version_table(self) -> str:
+        return self._q(VERSION_TABLE)
