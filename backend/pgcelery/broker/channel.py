@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
@@ -22,6 +21,7 @@ from kombu.utils.json import dumps, loads
 from pgcelery import dsn
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
+from pgcelery.broker.delivery import QoS, parse_tag, tag
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.schema.tables import Names
@@ -44,35 +44,6 @@ def enqueue_using(connection: psycopg.Connection[Any]) -> Iterator[None]:
         yield
     finally:
         _ENQUEUE_CONNECTION.reset(token)
-
-
-def _tag(message_id: int, token: uuid.UUID | str) -> str:
-    return f"pgcelery:{message_id}:{token}"
-
-
-def _parse_tag(tag: str) -> tuple[int, str] | None:
-    if not isinstance(tag, str) or not tag.startswith("pgcelery:"):
-        return None
-    _, message_id, token = tag.split(":", 2)
-    return int(message_id), token
-
-
-class QoS(virtual.QoS):
-    """Unacked messages are handed back in one statement, not re-published one by one."""
-
-    def restore_unacked(self) -> list[Any]:
-        self._flush()
-        tags = [tag for tag in self._delivered if tag not in self._dirty]
-        self._delivered.clear()
-        try:
-            self.channel._release(tags)
-        except psycopg.Error as exc:
-            # The leases run out by themselves; the messages come back then instead of now.
-            log.warning(
-                "pgcelery.broker.release_failed",
-                extra={"count": len(tags), "error": type(exc).__name__},
-            )
-        return []
 
 
 class Channel(virtual.Channel):
@@ -273,7 +244,7 @@ class Channel(virtual.Channel):
         deliver = self.connection._callbacks[queue]
 
         def delete_then_deliver(raw: dict[str, Any]) -> Any:
-            parsed = _parse_tag(raw.get("properties", {}).get("delivery_tag", ""))
+            parsed = parse_tag(raw.get("properties", {}).get("delivery_tag", ""))
             if parsed is not None:
                 self._execute(self.sql.delete_one, parsed)
                 self._forget(parsed[0])
@@ -300,9 +271,9 @@ class Channel(virtual.Channel):
         head = int(rows[0][5]) if rows else 0
         for message_id, queue_id, token, deliveries, raw, _ in rows:
             payload = loads(raw)
-            tag = _tag(message_id, token)
+            delivery_tag = tag(message_id, token)
             props = payload.setdefault("properties", {})
-            props["delivery_tag"] = tag
+            props["delivery_tag"] = delivery_tag
             info = props.setdefault("delivery_info", {})
             info["redelivered"] = deliveries > 1
             claimed.append((self._queue_names.get(queue_id, ""), payload))
@@ -336,11 +307,17 @@ class Channel(virtual.Channel):
     # -- ack, reject, restore ----------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        parsed = _parse_tag(delivery_tag)
+        parsed = parse_tag(delivery_tag)
         if parsed is not None:
             self._acks.add(*parsed)
         super().basic_ack(delivery_tag)
-        self.connection._wake.set()
+        self._wake_consumer()
+
+    def _wake_consumer(self) -> None:
+        # Capacity came back: claim again now. A closed channel (a task that finished after its
+        # connection broke) has no connection to wake.
+        if self.connection is not None:
+            self.connection._wake.set()
 
     def _delete_acked(self, ids: list[int], tokens: list[str]) -> None:
         cur = self._execute(self.sql.delete_held, (ids, tokens), role="consume")
@@ -351,7 +328,7 @@ class Channel(virtual.Channel):
             log.warning("pgcelery.broker.ack_lost_lease", extra={"count": len(ids) - cur.rowcount})
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        parsed = _parse_tag(delivery_tag)
+        parsed = parse_tag(delivery_tag)
         if parsed is not None:
             message_id, token = parsed
             if requeue:
@@ -360,14 +337,14 @@ class Channel(virtual.Channel):
                 self._execute(self.sql.delete_one, (message_id, token), role="consume")
                 self._forget(message_id)
         self.qos.reject(delivery_tag, requeue=False)
-        self.connection._wake.set()
+        self._wake_consumer()
 
     def _restore(self, message: Any) -> None:
         self._release([message.delivery_tag])
 
     def _release(self, tags: list[str]) -> None:
         """Make the messages behind ``tags`` claimable again at once (lease given back)."""
-        pairs = [p for p in map(_parse_tag, tags) if p is not None]
+        pairs = [p for p in map(parse_tag, tags) if p is not None]
         if not pairs:
             return
         self._execute(
@@ -381,18 +358,41 @@ class Channel(virtual.Channel):
     def _forget(self, message_id: int) -> None:
         if self._renewer is not None:
             self._renewer.release(message_id)
+            if self.closed and not self._renewer.held():
+                self._stop_settling()
 
     def close(self) -> None:
+        if self.closed:
+            return
         try:
-            self._acks.stop()
+            super().close()  # hands back what never started (QoS.restore_unacked)
+        finally:
+            self.broadcast.close()
+            self._settle_after_close()
+
+    def _settle_after_close(self) -> None:
+        """Stop at once, unless tasks still running hold messages of this channel.
+
+        A channel closes when its connection breaks, while the worker's tasks run on. Their
+        messages stay leased: the renewer goes on renewing them and the ack thread goes on
+        retrying, each on a fresh connection, so a task that finishes after the reconnect is
+        acked (fenced by its token) instead of running a second time when its lease runs out.
+        The last ack or release stops both (``_forget``).
+        """
+        try:
             self._acks.flush_now()
         except psycopg.Error as exc:
-            # Their leases run out and the messages run again: at least once, never lost.
+            # Retried by the ack thread below; should the worker die first, the leases run out
+            # and the messages run again: at least once, never lost.
             log.warning("pgcelery.broker.ack_flush_failed", extra={"error": type(exc).__name__})
-        try:
-            super().close()
-        finally:
-            if self._renewer is not None:
-                self._renewer.stop()
-            self.broadcast.close()
-            self._drop_connection()
+        held = self._renewer.held() if self._renewer is not None else {}
+        if held:
+            log.info("pgcelery.broker.settling", extra={"count": len(held)})
+            return
+        self._stop_settling()
+
+    def _stop_settling(self) -> None:
+        self._acks.stop()
+        if self._renewer is not None:
+            self._renewer.stop()
+        self._drop_connection()

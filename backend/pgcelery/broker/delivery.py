@@ -1,0 +1,74 @@
+"""Deliveries: the tag that names one lease, and what a closing channel hands back.
+
+A delivery tag is ``pgcelery:<message id>:<lease token>``: an ack, reject or release carries the
+token, so it only ever touches the lease it was given (fencing). When a channel closes because
+its connection broke, kombu asks it to hand back every message it holds unacked. A message whose
+task has not started goes back to the queue at once. A message whose task is still running does
+not: its lease is kept and renewed, and the task's ack deletes it when it finishes. Handing it
+back would let another worker (or another thread of this one) start the same task while the
+first run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import Any
+
+import psycopg
+from kombu.transport import virtual
+
+log = logging.getLogger(__name__)
+
+
+def tag(message_id: int, token: uuid.UUID | str) -> str:
+    return f"pgcelery:{message_id}:{token}"
+
+
+def parse_tag(delivery_tag: Any) -> tuple[int, str] | None:
+    if not isinstance(delivery_tag, str) or not delivery_tag.startswith("pgcelery:"):
+        return None
+    _, message_id, token = delivery_tag.split(":", 2)
+    return int(message_id), token
+
+
+def running_delivery_tags() -> frozenset[str]:
+    """Tags of the messages whose tasks this process's Celery worker is running now.
+
+    Celery's worker state lists them (``active_requests``: started in this process, in a pool
+    thread, or accepted by a prefork child). Outside a worker, nothing is running.
+    """
+    state = sys.modules.get("celery.worker.state")
+    if state is None:
+        return frozenset()
+    found = set()
+    for request in tuple(state.active_requests):
+        delivery_tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if isinstance(delivery_tag, str):
+            found.add(delivery_tag)
+    return frozenset(found)
+
+
+class QoS(virtual.QoS):
+    """Unacked messages that never started are handed back in one statement; running ones stay
+    leased until their task acks them."""
+
+    def restore_unacked(self) -> list[Any]:
+        self._flush()
+        unacked = [t for t in self._delivered if t not in self._dirty]
+        self._delivered.clear()
+        running = running_delivery_tags()
+        handed_back = [t for t in unacked if t not in running]
+        kept = len(unacked) - len(handed_back)
+        if kept:
+            log.info("pgcelery.broker.running_kept", extra={"count": kept})
+        try:
+            self.channel._release(handed_back)
+        except psycopg.Error as exc:
+            # The leases run out by themselves; the messages come back then instead of now.
+            log.warning(
+                "pgcelery.broker.release_failed",
+                extra={"count": len(handed_back), "error": type(exc).__name__},
+            )
+        return []
