@@ -12,6 +12,7 @@ from celery.result import AsyncResult
 
 from pgcelery import dsn, send_in_transaction
 from pgcelery.exceptions import ConfigurationError
+from tests.support import postgres
 from tests.support.workers import ROOT
 
 
@@ -57,7 +58,7 @@ def test_enqueue_commits_and_rolls_back_with_the_callers_transaction(
 def test_autocommit_connection_is_refused(app: Celery, database_url: str) -> None:
     engine = sa.create_engine(dsn.sync_url(database_url), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn, pytest.raises(ConfigurationError, match="autocommit"):
-        send_in_transaction(conn, app.tasks["tests.add"].s(1, 1))
+        send_in_transaction(conn, app.signature("tests.add", args=(1, 1)))
     engine.dispose()
 
 
@@ -98,3 +99,49 @@ def test_enqueue_to_a_new_queue_inside_a_transaction_does_not_block(
         ).scalar()
     assert queued == 3
     engine.dispose()
+
+
+def _queued(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM kombu_message")).scalar_one())
+
+
+def test_a_connection_with_no_transaction_begun_commits_with_the_callers_commit(
+    app: Celery, worker: TestWorkController, database_url: str
+) -> None:
+    # engine.connect() then straight to send_in_transaction: nothing had begun SQLAlchemy's
+    # transaction, and the caller's commit() used to commit nothing (the task was lost).
+    engine = sa.create_engine(dsn.sync_url(database_url))
+    with engine.connect() as conn:
+        sent = send_in_transaction(conn, app.tasks["tests.add"].s(2, 3))
+        assert _queued(engine) == 0  # not visible before the commit
+        conn.commit()
+    assert sent.get(timeout=20) == 5
+    with engine.connect() as conn:
+        send_in_transaction(conn, app.tasks["tests.add"].s(4, 4))
+        # Closed without commit: rolled back, as the caller's own writes would be.
+    assert _queued(engine) == 0
+    engine.dispose()
+
+
+def test_a_connection_to_another_database_is_refused(
+    app: Celery, pg_admin_url: str, template_db: str
+) -> None:
+    # Another migrated database: the insert would succeed there, where no worker of this
+    # broker ever looks.
+    name = postgres.unique_name("pgc_other")
+    other_url = postgres.create_database(pg_admin_url, name, template=template_db)
+    engine = sa.create_engine(dsn.sync_url(other_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE orders (id int)"))
+            with pytest.raises(ConfigurationError, match="the broker is database"):
+                send_in_transaction(conn, app.signature("tests.add", args=(1, 1)))
+            # The caller's transaction is untouched and still usable.
+            conn.execute(sa.text("INSERT INTO orders VALUES (1)"))
+        assert _queued(engine) == 0
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
+    finally:
+        engine.dispose()
+        postgres.drop_database(pg_admin_url, name)

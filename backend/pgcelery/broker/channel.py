@@ -24,6 +24,7 @@ from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.broker.delivery import QoS, parse_tag, tag
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
+from pgcelery.broker.same_database import Identity, check_same_database, identity_of
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Channel(virtual.Channel):
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
         self._renewer: LeaseRenewer | None = None
+        self._identity: Identity | None = None
         self._acks = PendingAcks(self._delete_acked)
         self.broadcast = ChannelBroadcast(self)
         self.sql = MessageSql(self.names)
@@ -125,6 +127,11 @@ class Channel(virtual.Channel):
             dbs, self._dbs = list(self._dbs.values()), {}
         for db in dbs:
             db.close()
+
+    def _database(self) -> Identity:
+        if self._identity is None:
+            self._identity = identity_of(self._conn())
+        return self._identity
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -219,6 +226,7 @@ class Channel(virtual.Channel):
         payload = dumps(message)
         outer = _ENQUEUE_CONNECTION.get()
         if outer is not None:
+            check_same_database(outer, self._database())
             outer.execute(self.sql.put, (payload, self._queue_id(queue), priority))
             return
         self._execute(self.sql.put, (payload, self._queue_id(queue), priority))

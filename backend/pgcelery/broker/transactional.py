@@ -24,9 +24,15 @@ def _psycopg_connection(connection_or_session: Any) -> psycopg.Connection[Any]:
     """The psycopg connection under a SQLAlchemy Session/Connection (or a psycopg one)."""
     target = connection_or_session
     if hasattr(target, "get_bind") and hasattr(target, "connection"):  # ORM Session
-        target = target.connection()
+        target = target.connection()  # begins the session's transaction if none is open
     driver = getattr(getattr(target, "connection", None), "driver_connection", None)
     if driver is not None:  # SQLAlchemy Connection
+        if not target.in_transaction():
+            # Nothing has begun the transaction yet (``engine.connect()`` then straight to
+            # us): begin it, so the caller's ``commit()`` commits the message. Otherwise the
+            # insert would sit in a database transaction SQLAlchemy does not know about, and
+            # be rolled back when the connection goes back to the pool.
+            target.begin()
         target = driver
     if not isinstance(target, psycopg.Connection):
         raise ConfigurationError(

@@ -1,0 +1,56 @@
+"""Transactional enqueue only on a connection to the broker's own database.
+
+``send_in_transaction`` inserts the message on the caller's connection. On a connection to
+another database (another cluster, or another database of the same cluster) the insert either
+fails or, worse, succeeds into a ``kombu_message`` no worker of this broker reads: the task
+would be silently lost. So the first message a channel publishes on a caller's connection
+compares the two databases: the cluster's system identifier (shared by a primary and its
+physical replicas, stable across restarts) and the database name.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+import psycopg
+
+from pgcelery.exceptions import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+_IDENTITY = "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+Identity = tuple[str | None, str]
+#: Callers' connections already found to be on the broker's database.
+_CHECKED: weakref.WeakKeyDictionary[psycopg.Connection[Any], Identity] = weakref.WeakKeyDictionary()
+
+
+def identity_of(connection: psycopg.Connection[Any]) -> Identity:
+    """Which database ``connection`` is on, without disturbing its open transaction."""
+    try:
+        # A savepoint inside the caller's transaction (a transaction of its own otherwise), so a
+        # server that refuses pg_control_system() does not abort the caller's work.
+        with connection.transaction():
+            row = connection.execute(_IDENTITY).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        with connection.transaction():
+            row = connection.execute("SELECT NULL, current_database()").fetchone()
+    assert row is not None
+    return (None if row[0] is None else str(row[0]), str(row[1]))
+
+
+def check_same_database(outer: psycopg.Connection[Any], broker: Identity) -> None:
+    """Refuse ``outer`` unless it is on the broker's database (checked once per connection)."""
+    if _CHECKED.get(outer) == broker:
+        return
+    found = identity_of(outer)
+    same_cluster = found[0] is None or broker[0] is None or found[0] == broker[0]
+    if not (same_cluster and found[1] == broker[1]):
+        raise ConfigurationError(
+            f"send_in_transaction got a connection to database {found[1]!r}"
+            f"{'' if found[0] == broker[0] else ' on another server'}, but the broker is database "
+            f"{broker[1]!r}: the task would never reach a worker. Pass a connection to the "
+            "database in DATABASE_URL (for example pgcelery.db.session())."
+        )
+    _CHECKED[outer] = broker
