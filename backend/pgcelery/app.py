@@ -108,7 +108,7 @@ def create_app(
 
 def _install_app_hooks(app: Celery, settings: Settings) -> None:
     """Per app: the result backend, tenant scoping, observability and worker heartbeats."""
-    from pgcelery.observability import heartbeat, redaction, server, signals
+    from pgcelery.observability import health, heartbeat, redaction, server, signals
     from pgcelery.observability import logging as json_logging
     from pgcelery.results import backend
     from pgcelery.tenancy import tasks as tenant_tasks
@@ -120,5 +120,15 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     json_logging.install()
     signals.install()
     app.pgcelery_observability = True
+    health.add_check("listener", _listener_health)
     server.install(app)
     heartbeat.install(app)
+
+
+def _listener_health(settings: Settings) -> tuple[bool, str]:
+    """``/health``'s ``listener`` check: the LISTEN connection of the probed database is up."""
+    from pgcelery.broker import listener
+
+    if not settings.listen:
+        return True, "poll-only mode (PGCELERY_LISTEN=false): no LISTEN connection"
+    return listener.health(dsn.libpq_url(settings.database_url))

@@ -150,15 +150,14 @@ def test_a_consumer_is_woken_by_its_own_queues_only(database_url: str) -> None:
         def record(payload: str | None) -> None:
             seen.append((payload, served._wake.is_set()))
 
-        listen = notify.listener(channel._conninfo)
-        listen.subscribe("pgcelery_message", record)
+        notify.subscribe(channel._conninfo, "pgcelery_message", record)
         try:
             served._wake.clear()
             producer.SimpleQueue("wake-other").put({"n": 1})
             producer.SimpleQueue("wake-mine").put({"n": 2})
             wait_until(lambda: any(p == str(ids["wake-mine"]) for p, _ in seen), timeout=30)
         finally:
-            listen.unsubscribe("pgcelery_message", record)
+            notify.unsubscribe(channel._conninfo, "pgcelery_message", record)
         assert (str(ids["wake-other"]), False) in seen
         assert (str(ids["wake-mine"]), True) in seen
         assert mine.get(timeout=5).payload == {"n": 2}
@@ -166,12 +165,14 @@ def test_a_consumer_is_woken_by_its_own_queues_only(database_url: str) -> None:
 
 def test_a_closed_connection_stops_listening(database_url: str) -> None:
     """The process-wide listener outlives connections: a closed one must not stay subscribed
-    (an event receiver or a client reconnecting all day would pile up callbacks)."""
+    (an event receiver or a client reconnecting all day would pile up callbacks), and the
+    last one to leave closes the LISTEN connection of that database."""
     transport.install()
     conninfo = dsn.libpq_url(database_url)
-    listen = notify.listener(conninfo)
-    before = list(listen._callbacks.get("pgcelery_message", []))
+    assert notify.status(conninfo) is None
     with _kombu(database_url) as conn:
         conn.SimpleQueue("closing").consumer.consume()
-        assert len(listen._callbacks["pgcelery_message"]) == len(before) + 1
-    assert listen._callbacks.get("pgcelery_message", []) == before
+        found = wait_until(lambda: notify.status(conninfo), what="a listener")
+        assert found.channels >= 1
+    assert notify.status(conninfo) is None
+    assert not notify.listening(conninfo)

@@ -29,8 +29,8 @@ import psycopg
 from kombu.transport.virtual.exchange import DirectExchange, FanoutExchange, TopicExchange
 from kombu.utils.json import dumps, loads
 
+from pgcelery.broker import listener
 from pgcelery.broker.bindings import BindingRegistry
-from pgcelery.broker.listener import listener, listening
 from pgcelery.schema.tables import BROADCAST_CHANNEL, Names
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class ChannelBroadcast:
         # about 6% of throughput), while events reach a monitor soon enough on a timer. In a
         # process that listens anyway (a worker's gossip), NOTIFY costs nothing more.
         self._queues[queue] = _LogQueue(queue, bindings, polled=not fanout)
-        if fanout or listening(channel._conninfo):
+        if fanout or listener.listening(channel._conninfo):
             self._subscribe()
         self._dirty.set()
         return True
@@ -208,7 +208,7 @@ class ChannelBroadcast:
     def _subscribe(self) -> None:
         if self._subscribed or not self._channel.listen:
             return
-        listener(self._channel._conninfo).subscribe(BROADCAST_CHANNEL, self._on_notify)
+        listener.subscribe(self._channel._conninfo, BROADCAST_CHANNEL, self._on_notify)
         self._subscribed = True
 
     def _on_notify(self, exchange: str | None) -> None:
@@ -239,7 +239,7 @@ class ChannelBroadcast:
             self.registry.refresh(self._channel._execute, list(self._registered))
         if not self._queues:
             return False
-        if not self._subscribed and listening(self._channel._conninfo):
+        if not self._subscribed and listener.listening(self._channel._conninfo):
             self._subscribe()  # the process started listening since (the worker's task queues)
         due = monotonic() - self._last_read >= (self.poll_interval() or 0.0)
         if not (force or self._dirty.is_set() or due):
@@ -324,7 +324,7 @@ class ChannelBroadcast:
 
     def close(self) -> None:
         if self._subscribed:
-            listener(self._channel._conninfo).unsubscribe(BROADCAST_CHANNEL, self._on_notify)
+            listener.unsubscribe(self._channel._conninfo, BROADCAST_CHANNEL, self._on_notify)
             self._subscribed = False
         if self._registered:
             try:

@@ -27,8 +27,8 @@ import sqlalchemy.exc
 from kombu.transport import virtual
 
 from pgcelery import dsn
+from pgcelery.broker import listener
 from pgcelery.broker.channel import Channel, enqueue_using
-from pgcelery.broker.listener import listener
 from pgcelery.exceptions import SchemaChangedWhileRunning, SchemaError
 from pgcelery.schema.check import check_schema
 from pgcelery.schema.tables import MESSAGE_CHANNEL
@@ -108,14 +108,15 @@ class Transport(virtual.Transport):
             return
         # Broadcasts wake a connection through its channels' own subscriptions
         # (pgcelery.broker.broadcast), only for the exchanges they read.
-        listener(dsn.libpq_url(self.client.hostname)).subscribe(MESSAGE_CHANNEL, self._on_message)
+        listener.subscribe(dsn.libpq_url(self.client.hostname), MESSAGE_CHANNEL, self._on_message)
         self._listening = True
 
     def close_connection(self, connection: Any) -> None:
         if self._listening:
-            # The process-wide listener outlives this connection: stop calling into it.
-            listener(dsn.libpq_url(self.client.hostname)).unsubscribe(
-                MESSAGE_CHANNEL, self._on_message
+            # The process-wide listener outlives this connection: stop calling into it (the
+            # last subscriber of a database to leave closes its LISTEN connection).
+            listener.unsubscribe(
+                dsn.libpq_url(self.client.hostname), MESSAGE_CHANNEL, self._on_message
             )
             self._listening = False
         super().close_connection(connection)

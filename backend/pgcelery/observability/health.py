@@ -1,7 +1,9 @@
 """Health checks for ``/health`` and the broker statistics for ``/metrics``.
 
 Three checks, in order: ``database`` (PostgreSQL answers), ``broker`` (the queue and message
-tables are readable) and ``schema`` (the database is at the code's migration head). Each run
+tables are readable) and ``schema`` (the database is at the code's migration head); then the
+checks other parts register with :func:`add_check` (the app factory adds ``listener``: the
+worker's LISTEN connection is up). Each run
 uses one pooled connection and one transaction bounded by a short ``statement_timeout``, cheap
 enough to probe every second. Reasons name the problem and never carry the password.
 """
@@ -33,6 +35,26 @@ _INTERNAL_QUEUE_PATTERNS = ("%.pidbox", "celeryev.%", "celery@%")
 _MAX_REASON = 300
 
 Status = Literal["ok", "fail", "skipped"]
+#: A check another part of pgcelery adds, for the probed database: (healthy, detail). Quick,
+#: no I/O: it reads state this process keeps.
+ExtraCheck = Callable[[Settings], tuple[bool, str]]
+_EXTRA_CHECKS: dict[str, ExtraCheck] = {}
+
+
+def add_check(name: str, check: ExtraCheck) -> None:
+    """Run ``check(settings)`` in every health report of this process, under ``name``."""
+    _EXTRA_CHECKS[name] = check
+
+
+def _extra_results(settings: Settings) -> dict[str, CheckResult]:
+    results = {}
+    for name, check in list(_EXTRA_CHECKS.items()):
+        try:
+            healthy, detail = check(settings)
+        except Exception as exc:  # a broken check is a failing check, never a 500
+            healthy, detail = False, f"check failed: {type(exc).__name__}"
+        results[name] = CheckResult("ok" if healthy else "fail", scrub(detail)[:_MAX_REASON])
+    return results
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,7 @@ class DatabaseProbe:
     """Runs the health checks and the broker statistics on a small pool of its own."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.names = Names(settings.schema_name)
         self.schema = settings.schema_name
         self.timeout_ms = max(1, round(settings.health_timeout * 1000))
@@ -128,7 +151,8 @@ class DatabaseProbe:
                 results.setdefault("schema", CheckResult("fail", reason))
         for name in CHECKS:
             results.setdefault(name, CheckResult("skipped", "not checked: database failed"))
-        report = HealthReport({n: results[n] for n in CHECKS}, time.perf_counter() - started)
+        checks = {n: results[n] for n in CHECKS} | _extra_results(self.settings)
+        report = HealthReport(checks, time.perf_counter() - started)
         self.last = report
         if not report.ok:
             log.warning(

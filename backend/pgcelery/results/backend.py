@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from functools import cached_property, partial
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any
 
 import psycopg
@@ -25,7 +25,7 @@ from psycopg_pool import PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery import connections, dsn
-from pgcelery.broker.listener import listener
+from pgcelery.broker import listener
 from pgcelery.observability import redaction
 from pgcelery.results.deferred_start import DeferredStarts
 from pgcelery.schema.tables import RESULT_CHANNEL, Names
@@ -49,16 +49,33 @@ def _engine(url: str, options: dict[str, Any]) -> tuple[sa.Engine, sessionmaker[
 
 
 class _Waiters:
-    """task id → events of threads waiting for that task's result, fed by the listener."""
+    """task id → events of threads waiting for that task's result, fed by the listener.
 
-    def __init__(self) -> None:
+    One per process and database: a producer using two pgcelery apps on two databases is woken
+    by each database's NOTIFYs. It listens while anyone waits, and stops :data:`IDLE_RELEASE`
+    seconds after the last waiter left, so a database no longer used is no longer listened to.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
         self._lock = threading.Lock()
+        # Orders subscribing against releasing, so a new waiter is never left unsubscribed.
+        self._subscription = threading.Lock()
+        self._subscribed = False
+        self._idle_since = monotonic()
         self._events: dict[str, list[threading.Event]] = {}
 
     def add(self, task_id: str) -> threading.Event:
         event = threading.Event()
         with self._lock:
             self._events.setdefault(task_id, []).append(event)
+        with self._subscription:
+            if not self._subscribed:
+                listener.subscribe(self._conninfo, RESULT_CHANNEL, self.notify)
+                self._subscribed = True
+                threading.Thread(
+                    target=self._release_when_idle, name="pgcelery-result-waiters", daemon=True
+                ).start()
         return event
 
     def remove(self, task_id: str, event: threading.Event) -> None:
@@ -68,6 +85,19 @@ class _Waiters:
                 events.remove(event)
             if not events:
                 self._events.pop(task_id, None)
+            if not self._events:
+                self._idle_since = monotonic()
+
+    def _release_when_idle(self) -> None:
+        while True:
+            sleep(IDLE_RELEASE / 3)
+            with self._subscription:
+                with self._lock:
+                    if self._events or monotonic() - self._idle_since < IDLE_RELEASE:
+                        continue
+                listener.unsubscribe(self._conninfo, RESULT_CHANNEL, self.notify)
+                self._subscribed = False
+                return
 
     def notify(self, task_id: str | None) -> None:
         with self._lock:
@@ -79,7 +109,21 @@ class _Waiters:
             event.set()
 
 
-_WAITERS: dict[int, _Waiters] = {}
+#: Seconds a process keeps listening for results after its last waiter is done.
+IDLE_RELEASE = 30.0
+_WAITERS: dict[tuple[int, str], _Waiters] = {}
+_WAITERS_LOCK = threading.Lock()
+
+
+def _waiters(conninfo: str) -> _Waiters:
+    key = (os.getpid(), conninfo)
+    with _WAITERS_LOCK:
+        found = _WAITERS.get(key)
+        if found is None:
+            found = _WAITERS[key] = _Waiters(conninfo)
+        return found
+
+
 _DEFERRED: dict[float, DeferredStarts] = {}
 
 
@@ -230,10 +274,7 @@ class PgBackend(DatabaseBackend):
         on_interval: Any = None,
     ) -> Any:
         """Wait for the task's result; woken by NOTIFY, polling every ``interval`` as a fallback."""
-        waiters = _WAITERS.get(os.getpid())
-        if waiters is None:
-            waiters = _WAITERS[os.getpid()] = _Waiters()
-            listener(self._conninfo).subscribe(RESULT_CHANNEL, waiters.notify)
+        waiters = _waiters(self._conninfo)
         event = waiters.add(task_id)
         deadline = None if timeout is None else monotonic() + timeout
         try:
