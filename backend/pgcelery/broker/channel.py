@@ -21,7 +21,7 @@ from kombu.utils.json import dumps, loads
 from pgcelery import dsn
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
-from pgcelery.broker.delivery import QoS, parse_tag, tag
+from pgcelery.broker.delivery import QoS, due_at, parse_tag, tag
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.same_database import Identity, check_same_database, identity_of
@@ -223,13 +223,13 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
-        payload = dumps(message)
+        values = (dumps(message), self._queue_id(queue), priority, due_at(message))
         outer = _ENQUEUE_CONNECTION.get()
         if outer is not None:
             check_same_database(outer, self._database())
-            outer.execute(self.sql.put, (payload, self._queue_id(queue), priority))
+            outer.execute(self.sql.put, values)
             return
-        self._execute(self.sql.put, (payload, self._queue_id(queue), priority))
+        self._execute(self.sql.put, values)
 
     # -- consume -----------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Deliveries: the tag that names one lease, and what a closing channel hands back.
+"""Deliveries: when a message is due, the tag that names one lease, and what a closing
+channel hands back.
 
 A delivery tag is ``pgcelery:<message id>:<lease token>``: an ack, reject or release carries the
 token, so it only ever touches the lease it was given (fencing). When a channel closes because
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -31,6 +33,20 @@ def parse_tag(delivery_tag: Any) -> tuple[int, str] | None:
         return None
     _, message_id, token = delivery_tag.split(":", 2)
     return int(message_id), token
+
+
+def due_at(message: dict[str, Any]) -> datetime | None:
+    """When a message is due: its Celery ``eta`` header (``countdown`` becomes one), if any."""
+    headers = message.get("headers")
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not isinstance(eta, str):
+        return None
+    try:
+        found = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # not a time: due at once, and Celery will say what it thinks of it
+    # Celery writes naive times in UTC when enable_utc is on (pgcelery's default).
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
 def running_delivery_tags() -> frozenset[str]:

@@ -51,12 +51,18 @@ class MessageSql:
 
     @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority."""
+        """Params: payload, queue id, priority, due time (None: now).
+
+        A message due later (Celery's ``eta``/``countdown``) waits here, invisible and leased
+        by no one, until it is due: no worker holds it, so none can hoard it or take it down
+        with it when killed.
+        """
         return (
             f"INSERT INTO {self.names.message}"
-            " (id, visible, timestamp, payload, version, queue_id, priority)"
+            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
-            " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s)"
+            " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
+            " greatest(now(), coalesce(%s::timestamptz, now())))"
         )
 
     @cached_property

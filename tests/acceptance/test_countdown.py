@@ -1,0 +1,110 @@
+"""ETA and countdown tasks wait in the table, leased by no one, until they are due."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from contextlib import ExitStack
+
+import psycopg
+from celery import Celery
+
+from pgcelery import dsn
+from tests.support.postgres import libpq, scalar
+from tests.support.waiting import wait_until
+from tests.support.workers import ROOT, worker_process
+
+WORKER = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1", "-l", "WARNING"]
+
+
+def _named(name: str) -> list[str]:
+    return [*WORKER, "-n", f"{name}@%h"]
+LEASED = "SELECT count(*) FROM kombu_message WHERE lease_token IS NOT NULL AND visible_at > now()"
+
+
+def _workers_up(url: str, count: int) -> None:
+    wait_until(
+        lambda: scalar(url, "SELECT count(*) FROM pgcelery_worker") >= count,
+        timeout=60,
+        what=f"{count} workers to start",
+    )
+
+
+def test_countdown_tasks_are_not_leased_by_a_worker(runs_app: Celery, runs_db: str) -> None:
+    for i in range(300):
+        runs_app.send_task("tests.record_run", args=(f"later{i}",), countdown=3600)
+    with worker_process(runs_db, WORKER) as worker:
+        # A task sent after them has run: the worker has claimed since they were queued.
+        assert runs_app.send_task("tests.add", args=(1, 1)).get(timeout=60) == 2
+        assert scalar(runs_db, LEASED) == 0
+        waiting = scalar(
+            runs_db,
+            "SELECT count(*) FROM kombu_message"
+            " WHERE lease_token IS NULL AND visible_at > now() + interval '3500 seconds'",
+        )
+        assert waiting == 300
+        assert worker.alive()
+    assert scalar(runs_db, "SELECT count(*) FROM test_runs") == 0
+
+
+def test_a_stock_kombu_producers_countdown_waits_too(runs_db: str) -> None:
+    # A plain Celery app on kombu's own sqla transport: the insert trigger reads its eta.
+    script = textwrap.dedent(
+        f"""
+        from celery import Celery
+        producer = Celery(broker={dsn.broker_url(runs_db)!r})
+        producer.send_task("tests.record_run", args=("stock",), countdown=3600)
+        producer.send_task("tests.record_run", args=("stock-now",))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(libpq(runs_db), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT visible_at > now() + interval '3500 seconds' FROM kombu_message ORDER BY id"
+        ).fetchall()
+    assert rows == [(True,), (False,)]
+
+
+def test_due_tasks_go_to_whichever_worker_is_free(runs_app: Celery, runs_db: str) -> None:
+    with ExitStack() as stack:
+        for name in ("one", "two"):
+            stack.enter_context(worker_process(runs_db, _named(name)))
+        _workers_up(runs_db, 2)
+        for i in range(40):
+            runs_app.send_task("tests.record_run", args=(f"due{i}", 0.2), countdown=8)
+        wait_until(
+            lambda: scalar(runs_db, "SELECT count(*) FROM test_runs") == 40,
+            timeout=90,
+            what="all 40 countdown tasks",
+        )
+    assert scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 2
+    assert scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs") == 40
+
+
+def test_a_worker_killed_before_they_are_due_delays_none(runs_app: Celery, runs_db: str) -> None:
+    countdown = 6
+    # A lease far longer than the test: a task held by the killed worker would not come back.
+    env = {"PGCELERY_VISIBILITY_TIMEOUT": "300"}
+    with ExitStack() as stack:
+        doomed = stack.enter_context(worker_process(runs_db, _named("doomed"), env))
+        stack.enter_context(worker_process(runs_db, _named("spared"), env))
+        _workers_up(runs_db, 2)
+        for i in range(20):
+            runs_app.send_task("tests.record_run", args=(f"k{i}",), countdown=countdown)
+        # Both workers have claimed since the tasks were queued.
+        assert runs_app.send_task("tests.add", args=(2, 2)).get(timeout=60) == 4
+        assert runs_app.send_task("tests.add", args=(3, 3)).get(timeout=60) == 6
+        doomed.signal(signal.SIGKILL)
+        doomed.proc.wait(10)
+        wait_until(
+            lambda: scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs") == 20,
+            timeout=countdown + 30,
+            interval=0.2,
+            what="every countdown task, none held by the killed worker",
+        )
+    assert scalar(runs_db, "SELECT count(*) FROM test_runs") == 20
