@@ -1,4 +1,4 @@
-"""One beat leader at a time: a leader that loses its session stops sending.
+"""One beat leader at a time: a leader that loses its session, or stalls, stops sending.
 
 Two real ``celery beat`` processes and a worker against a real PostgreSQL. Every committed send
 is recorded by a trigger with the session that made it and whether that session held the leader
@@ -7,15 +7,25 @@ lock (tests.support.beat), so "two leaders" is a fact in the database, not a gue
 
 from __future__ import annotations
 
+import signal
 from contextlib import ExitStack
 
 import pytest
 
-from tests.support.beat import BEAT, WORKER, record_sends, runs, scalar, sends
+from tests.support.beat import (
+    BEAT,
+    WORKER,
+    leader_pid,
+    record_sends,
+    runs,
+    scalar,
+    sends,
+)
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, worker_process
 
 STEPPED_DOWN = "pgcelery.beat.stepped_down"
+LEASE = 3.0
 
 
 @pytest.fixture
@@ -68,3 +78,47 @@ def test_leader_whose_session_is_terminated_in_apply_async_steps_down(beat_db: s
     for output in outputs:
         cut = output.count("test.terminated_own_session")
         assert output.count(STEPPED_DOWN) >= cut, output[-4000:]
+
+
+def test_stalled_leader_loses_leadership_within_the_lease(beat_db: str) -> None:
+    env = {
+        "PGCELERY_BEAT_STANDBY_INTERVAL": "0.5",
+        "PGCELERY_BEAT_LEASE": str(LEASE),
+        "PGCELERY_LOG_LEVEL": "INFO",
+    }
+    with ExitStack() as stack:
+        beats = _start(stack, beat_db, env)
+        wait_until(lambda: sends(beat_db) >= 2, timeout=60, what="two runs sent")
+        stalled = wait_until(lambda: leader_pid(beat_db), timeout=30, what="a leader")
+        (standby,) = (pid for pid in beats if pid != stalled)
+
+        beats[stalled].signal(signal.SIGSTOP)
+        # Registered after the process contexts, so it runs before they stop the processes.
+        stack.callback(beats[stalled].signal, signal.SIGCONT)
+        stopped_at = scalar(beat_db, "SELECT clock_timestamp()")
+        wait_until(
+            lambda: leader_pid(beat_db) == standby,
+            timeout=LEASE + 15,
+            what="the standby to take over from the stalled leader",
+        )
+        at = sends(beat_db, standby)
+        wait_until(lambda: sends(beat_db, standby) >= at + 2, timeout=30, what="the new leader")
+
+        beats[stalled].signal(signal.SIGCONT)
+        wait_until(
+            lambda: STEPPED_DOWN in beats[stalled].output(),
+            timeout=30,
+            what="the stalled leader to step down after SIGCONT",
+        )
+        at = sends(beat_db, standby)
+        wait_until(lambda: sends(beat_db, standby) >= at + 2, timeout=30, what="runs after it")
+        for beat in beats.values():
+            beat.stop()
+
+    late = scalar(
+        beat_db,
+        "SELECT count(*) FROM test_sends WHERE application_name LIKE %s AND at > %s",
+        (f"pgcelery-beat:%:{stalled}", stopped_at),
+    )
+    assert late == 0, f"the stalled leader sent {late} runs after it was stopped"
+    _assert_one_leader_and_each_run_once(beat_db)

@@ -1,4 +1,4 @@
-"""The beat leader's session, in one process: the fence, and which errors end leadership.
+"""The beat leader's session, in one process: the lease, the fence, which errors end leadership.
 
 The acceptance tests (tests/acceptance/test_beat_leader.py) run the same cases with real beat
 processes; these pin each rule down on its own, against a real PostgreSQL.
@@ -20,12 +20,15 @@ from pgcelery.settings import Settings
 from tests.support.postgres import libpq, scalar
 from tests.support.waiting import wait_until
 
+LEASE = 1.0
+
 
 @pytest.fixture
 def beat_app(database_url: str) -> Iterator[Celery]:
     settings = Settings(
         DATABASE_URL=database_url,
         PGCELERY_METRICS_ENABLED=False,
+        PGCELERY_BEAT_LEASE=LEASE,
         PGCELERY_BEAT_STANDBY_INTERVAL=0.1,
     )
     app = create_app("beat-leader-test", include=["tests.support.tasks"], settings=settings)
@@ -48,8 +51,28 @@ def _terminate(session: LeaderSession, database_url: str) -> None:
         conn.execute("SELECT pg_terminate_backend(%s, 10000)", (backend,))
 
 
+def test_a_leader_silent_for_the_lease_is_replaced_and_steps_down(beat_app: Celery) -> None:
+    with scheduler(beat_app) as first, scheduler(beat_app) as second:
+        first.tick()
+        second.tick()
+        assert first.is_leader
+        assert not second.is_leader
+
+        # From here on the first says nothing, as a stopped process would: the server ends its
+        # session once the lease has passed, and the lock is free.
+        wait_until(
+            lambda: (second.tick(), second.is_leader)[1],
+            timeout=LEASE + 20,
+            interval=0.1,
+            what="the standby to take the lock of a silent leader",
+        )
+        first.tick()
+        assert not first.is_leader
+        assert second.is_leader
+
+
 def test_a_reconnected_session_does_not_lead(database_url: str) -> None:
-    session = LeaderSession(database_url, "public")
+    session = LeaderSession(database_url, "public", lease=30.0)
     try:
         assert session.try_lead()
         _terminate(session, database_url)
@@ -65,7 +88,7 @@ def test_a_reconnected_session_does_not_lead(database_url: str) -> None:
 
 
 def test_the_fence_stops_a_session_that_no_longer_holds_the_lock(database_url: str) -> None:
-    session = LeaderSession(database_url, "public")
+    session = LeaderSession(database_url, "public", lease=30.0)
     try:
         assert session.try_lead()
         session.fence()

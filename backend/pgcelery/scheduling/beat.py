@@ -9,7 +9,8 @@
   with it the lock, so a standby takes over without anyone's intervention.
 * **One leader at a time.** Leadership belongs to the session, not to the process
   (:mod:`pgcelery.scheduling.leader`): a leader steps down, ending its session, on any error of
-  the database or of a send, and each run is sent only after checking, in its own
+  the database or of a send; a leader that stalls has its session ended by the server within
+  ``PGCELERY_BEAT_LEASE`` seconds; and each run is sent only after checking, in its own
   transaction, that the session still holds the lock.
 * **Exactly once.** When each entry last fired is in ``pgcelery_beat``. A run is sent in the
   same transaction that moves ``last_run_at`` forward, and only if ``last_run_at`` still holds
@@ -62,7 +63,9 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._settings = settings_of(app)
         self._names = Names(self._settings.schema_name)
-        self._session = LeaderSession(self._settings.database_url, self._settings.schema_name)
+        self._session = LeaderSession(
+            self._settings.database_url, self._settings.schema_name, self._settings.beat_lease
+        )
         super().__init__(app, *args, **kwargs)
 
     # -- Scheduler interface -----------------------------------------------------------------
@@ -77,7 +80,9 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
         try:
             if not self._lead():
                 return standby
-            return self._send_due()
+            # The leader's next statement is its proof of life: it must come before the lease
+            # runs out, however far away the next run is.
+            return min(self._send_due(), self._session.heartbeat)
         except Exception as exc:  # whatever it was, a leader unsure of its session must not send
             self._step_down(exc)
             return standby
@@ -91,7 +96,8 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
     def info(self) -> str:
         return (
             f"    . state -> {self._names.beat} in {dsn.redact(self._settings.database_url)}\n"
-            f"    . leader lock -> advisory {self._session.key}"
+            f"    . leader lock -> advisory {self._session.key},"
+            f" lease {self._settings.beat_lease:g} s"
         )
 
     @property
@@ -108,7 +114,11 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
         self._register_entries(self._session.connection)
         log.info(
             "pgcelery.beat.leader_elected",
-            extra={"pid": os.getpid(), "entries": sorted(self.schedule)},
+            extra={
+                "pid": os.getpid(),
+                "entries": sorted(self.schedule),
+                "lease": self._settings.beat_lease,
+            },
         )
         return True
 
