@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds a standby beat waits between attempts to become the leader.",
     )
+    beat_lease: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stalled beat leader keeps leadership before the server ends it.",
+    )
     metrics_enabled: bool = Field(default=True)
     metrics_host: str = Field(default="0.0.0.0")
     metrics_port: int = Field(default=9808, ge=0, le=65535)

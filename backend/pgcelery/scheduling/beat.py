@@ -7,12 +7,17 @@
   (:func:`leader_lock_key`) is the leader and the only one that sends tasks; the others retry
   every ``PGCELERY_BEAT_STANDBY_INTERVAL`` seconds. A leader that dies loses its session and
   with it the lock, so a standby takes over without anyone's intervention.
+* **One leader at a time.** Leadership belongs to the session, not to the process
+  (:mod:`pgcelery.scheduling.leader`): a leader steps down, ending its session, on any error of
+  the database or of a send; a leader that stalls has its session ended by the server within
+  ``PGCELERY_BEAT_LEASE`` seconds; and each run is sent only after checking, in its own
+  transaction, that the session still holds the lock.
 * **Exactly once.** When each entry last fired is in ``pgcelery_beat``. A run is sent in the
   same transaction that moves ``last_run_at`` forward, and only if ``last_run_at`` still holds
   the value the decision was based on. A leader killed before its commit sent nothing and
-  moved nothing; one killed after it has moved the clock the next leader reads. Two processes
-  that both believe they lead (a partitioned leader whose session the server has not yet
-  dropped) cannot both win the same update.
+  moved nothing; one killed after it has moved the clock the next leader reads. Even two
+  senders (say, a beat of an older release during a rolling deploy) could not both win the
+  same update.
 
 Each run's task id is derived from the entry and the ``last_run_at`` it replaced, so it is the
 same id whichever process sends it. As with any Celery beat, runs missed while no beat process
@@ -22,37 +27,29 @@ was up (or during a failover) collapse into one run when scheduling resumes.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
-import socket
 import uuid
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from celery.beat import ScheduleEntry, Scheduler, SchedulingError
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pgcelery import dsn
 from pgcelery.broker.transport import enqueue_using
+from pgcelery.scheduling.leader import LeaderSession, LeadershipLost, leader_lock_key
 from pgcelery.schema.tables import Names
 from pgcelery.settings import settings_of
+
+__all__ = ["PgScheduler", "leader_lock_key", "run_id"]
 
 log = logging.getLogger(__name__)
 
 _RUN_ID_NAMESPACE = uuid.UUID("c4bed172-15d3-4460-96f1-cd18ed936849")
-#: Seconds before the server probes (and then drops) a leader's silent TCP connection, so a
-#: leader whose host vanished without closing its socket releases the lock within about a
-#: minute rather than after the operating system's default of two hours.
-_SERVER_KEEPALIVE = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10}
-
-
-def leader_lock_key(schema: str = "public") -> int:
-    """The 64-bit advisory lock key beat processes of one pgcelery schema compete for."""
-    # The text is the scheduler's original module path. It is hashed, not imported: changing it
-    # would let beat processes of two releases both lead during a rolling deploy.
-    digest = hashlib.blake2b(f"pgcelery.beat:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+#: Errors that say the database session, and so perhaps the leader lock, may be gone.
+_SESSION_ERRORS = (psycopg.Error, KombuOperationalError, OSError, LeadershipLost)
 
 
 def run_id(entry_name: str, previous_run_at: datetime) -> str:
@@ -66,8 +63,9 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._settings = settings_of(app)
         self._names = Names(self._settings.schema_name)
-        self._db: psycopg.Connection[Any] | None = None
-        self._leader = False
+        self._session = LeaderSession(
+            self._settings.database_url, self._settings.schema_name, self._settings.beat_lease
+        )
         super().__init__(app, *args, **kwargs)
 
     # -- Scheduler interface -----------------------------------------------------------------
@@ -82,70 +80,57 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
         try:
             if not self._lead():
                 return standby
-            return self._send_due()
-        except psycopg.OperationalError as exc:
+            # The leader's next statement is its proof of life: it must come before the lease
+            # runs out, however far away the next run is.
+            return min(self._send_due(), self._session.heartbeat)
+        except Exception as exc:  # whatever it was, a leader unsure of its session must not send
             self._step_down(exc)
             return standby
 
     def close(self) -> None:
         super().close()
-        if self._leader:
+        if self._session.close():  # ending the session releases the lock at once
             log.info("pgcelery.beat.leader_released", extra={"pid": os.getpid()})
-        self._leader = False
-        if self._db is not None:
-            self._db.close()  # ends the session, which releases the lock at once
-            self._db = None
 
     @property
     def info(self) -> str:
         return (
             f"    . state -> {self._names.beat} in {dsn.redact(self._settings.database_url)}\n"
-            f"    . leader lock -> advisory {leader_lock_key(self._settings.schema_name)}"
+            f"    . leader lock -> advisory {self._session.key},"
+            f" lease {self._settings.beat_lease:g} s"
         )
 
     @property
     def is_leader(self) -> bool:
-        return self._leader
+        return self._session.leading
 
     # -- leadership --------------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        db = self._db
-        if db is None or db.closed:
-            db = self._db = psycopg.connect(
-                dsn.libpq_url(self._settings.database_url),
-                autocommit=True,
-                application_name=f"pgcelery-beat:{socket.gethostname()}:{os.getpid()}",
-            )
-            for name, seconds in _SERVER_KEEPALIVE.items():
-                db.execute(f"SET {name} = {int(seconds)}")
-        return db
-
     def _lead(self) -> bool:
-        db = self._connect()
-        if self._leader:
+        if self._session.leading:
             return True
-        key = leader_lock_key(self._settings.schema_name)
-        row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if not (row and row[0]):
+        if not self._session.try_lead():
             return False
-        self._leader = True
-        self._register_entries(db)
+        self._register_entries(self._session.connection)
         log.info(
             "pgcelery.beat.leader_elected",
-            extra={"pid": os.getpid(), "entries": sorted(self.schedule)},
+            extra={
+                "pid": os.getpid(),
+                "entries": sorted(self.schedule),
+                "lease": self._settings.beat_lease,
+            },
         )
         return True
 
     def _step_down(self, exc: BaseException) -> None:
+        """Forget leadership and end the session; the next tick contends again from scratch."""
+        was_leader = self._session.close()
         log.warning(
-            "pgcelery.beat.connection_lost",
-            extra={"pid": os.getpid(), "was_leader": self._leader, "error": type(exc).__name__},
+            "pgcelery.beat.stepped_down" if was_leader else "pgcelery.beat.connection_lost",
+            extra={"pid": os.getpid(), "was_leader": was_leader, "error": type(exc).__name__},
+            # Database errors are routine here; anything else is a bug worth its traceback.
+            exc_info=None if _from_session(exc) else exc,
         )
-        self._leader = False
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     def _register_entries(self, db: psycopg.Connection[Any]) -> None:
         """Give every entry a row; an entry seen for the first time counts from now."""
@@ -160,7 +145,7 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
     # -- sending -----------------------------------------------------------------------------
 
     def _send_due(self) -> float:
-        db = self._connect()
+        db = self._session.connection
         entries: dict[str, ScheduleEntry] = self.schedule
         rows = db.execute(
             f"SELECT name, last_run_at, total_run_count FROM {self._names.beat}"
@@ -181,7 +166,10 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
         return max(delay, 0.0)
 
     def _send(self, db: psycopg.Connection[Any], entry: ScheduleEntry) -> bool:
-        """Send one run of ``entry`` and move its clock, in one transaction; False if not sent."""
+        """Send one run of ``entry`` and move its clock, in one transaction; False if not sent.
+
+        Raises when the session may have lost the lock, so that :meth:`tick` steps down.
+        """
         previous: datetime = entry.last_run_at
         task_id = run_id(entry.name, previous)
         run = copy.copy(entry)
@@ -190,6 +178,7 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
         run.options = {**entry.options, "task_id": task_id, "retry": False}
         try:
             with db.transaction():
+                self._session.fence()
                 moved = db.execute(
                     f"UPDATE {self._names.beat} SET last_run_at = %s, task = %s,"
                     " total_run_count = total_run_count + 1, last_task_id = %s"
@@ -205,6 +194,10 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
                 with enqueue_using(db):
                     self.apply_async(run, producer=self.producer, advance=False)
         except SchedulingError as exc:
+            # apply_async wraps every error; one from the session (a terminated backend, a cut
+            # connection) means the lock may be gone, and only stepping down is safe.
+            if self._session.broken or _from_session(exc):
+                raise
             log.error(
                 "pgcelery.beat.send_failed",
                 extra={"entry": entry.name, "task_id": task_id, "error": str(exc)},
@@ -215,3 +208,15 @@ class PgScheduler(Scheduler):  # type: ignore[misc]
             extra={"entry": entry.name, "task": entry.task, "task_id": task_id},
         )
         return True
+
+
+def _from_session(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from or during, came from the session."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _SESSION_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
