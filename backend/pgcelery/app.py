@@ -58,6 +58,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         },
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
+            "max_deliveries": settings.max_deliveries,
             "polling_interval": settings.polling_interval,
             "listen": settings.listen,
             "schema": settings.schema_name,
@@ -110,10 +111,11 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     """Per app: the result backend, tenant scoping, observability and worker heartbeats."""
     from pgcelery.observability import health, heartbeat, redaction, server, signals
     from pgcelery.observability import logging as json_logging
-    from pgcelery.results import backend
+    from pgcelery.results import backend, dead_letters
     from pgcelery.tenancy import tasks as tenant_tasks
 
     backend.install(app)
+    dead_letters.install(app)
     tenant_tasks.install()
     redaction.register_url(settings.database_url)
     json_logging.configure(settings.log_format)

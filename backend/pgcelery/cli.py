@@ -1,4 +1,5 @@
-"""The ``pgcelery`` command: migrate, check, run the worker, purge a queue, show statistics.
+"""The ``pgcelery`` command: migrate, check, run the worker, purge a queue, show statistics,
+list, replay and purge dead letters.
 
 Exit codes: 0 success; 1 the command did not do what was asked (``purge`` without ``--yes``,
 an unknown queue); 2 invalid configuration; ``check`` adds 3 (database unreachable), 4 (schema
@@ -19,6 +20,7 @@ from pathlib import Path
 import psycopg
 
 from pgcelery import dsn
+from pgcelery.broker import dead_letters
 from pgcelery.exceptions import ConfigurationError, PgceleryError
 from pgcelery.observability import stats
 from pgcelery.schema import migrations, preflight
@@ -97,6 +99,69 @@ def cmd_stats(args: argparse.Namespace) -> int:
     else:
         print(stats.render_table(collected))
     return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h`` or ``7d``, in seconds."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _UNITS else text
+    try:
+        seconds = float(number) * _UNITS.get(unit, 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write seconds, or a number with s, m, h or d (7d)"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("a duration cannot be negative")
+    return seconds
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """List, replay or purge the messages moved to pgcelery_dead_letter."""
+    settings = Settings()
+    names = Names(settings.schema_name)
+    with psycopg.connect(dsn.libpq_url(settings.database_url), autocommit=True) as conn:
+        if args.action == "list":
+            found = dead_letters.listed(conn, names, args.limit)
+            if args.json:
+                print(json.dumps(found, indent=2, default=str))
+            else:
+                print(_dead_letter_table(found))
+            return 0
+        if args.action == "replay":
+            if not args.all and not args.ids:
+                print("pgcelery: name dead letter ids, or --all", file=sys.stderr)
+                return 1
+            replayed = dead_letters.replay(conn, names, None if args.all else args.ids)
+            print(f"pgcelery: replayed {len(replayed)} dead letter(s)")
+            missing = sorted(set(args.ids) - set(replayed))
+            if missing:
+                print(f"pgcelery: no dead letter with id {missing}", file=sys.stderr)
+                return 1
+            return 0
+        if not args.ids and args.older_than is None:
+            print("pgcelery: name dead letter ids, or --older-than DURATION", file=sys.stderr)
+            return 1
+        deleted = dead_letters.purge(conn, names, ids=args.ids or None, older_than=args.older_than)
+        print(f"pgcelery: deleted {deleted} dead letter(s)")
+        return 0
+
+
+def _dead_letter_table(found: list[dict[str, object]]) -> str:
+    if not found:
+        return "no dead letters"
+    lines = [f"{'id':>10}  {'dead at':19}  {'deliveries':>10}  {'queue':12}  task"]
+    for row in found:
+        dead_at = str(row["dead_at"])[:19]
+        task = f"{row['task_name'] or '?'} [{row['task_id'] or '?'}]"
+        lines.append(
+            f"{row['id']:>10}  {dead_at:19}  {row['deliveries']:>10}  {row['queue']!s:12}  {task}"
+            f"  ({row['reason']}; last worker {row['last_worker'] or '?'})"
+        )
+    return "\n".join(lines)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -201,6 +266,20 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
     worker.set_defaults(func=cmd_worker)
+    dead = sub.add_parser("dead-letters", help="list, replay or purge dead letters")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", help="the newest dead letters")
+    listing.add_argument("--json", action="store_true", help="JSON for scripts")
+    listing.add_argument("--limit", type=int, default=100)
+    replaying = dead_sub.add_parser("replay", help="put dead letters back on their queues")
+    replaying.add_argument("ids", nargs="*", type=int, help="dead letter ids")
+    replaying.add_argument("--all", action="store_true", help="every dead letter")
+    purging = dead_sub.add_parser("purge", help="delete dead letters")
+    purging.add_argument("ids", nargs="*", type=int, help="dead letter ids")
+    purging.add_argument(
+        "--older-than", type=_duration, metavar="DURATION", help="buried before: 7d, 12h, 30m"
+    )
+    dead.set_defaults(func=cmd_dead_letters)
     board = sub.add_parser("dashboard", help="serve the web dashboard (DATABASE_URL)")
     board.add_argument("--host", help="address to bind (default PGCELERY_DASHBOARD_HOST)")
     board.add_argument("--port", type=int, help="port (default $PORT, PGCELERY_DASHBOARD_PORT)")

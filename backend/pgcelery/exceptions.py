@@ -56,3 +56,9 @@ class PayloadInvalid(PgceleryError):
 
 class BudgetExceeded(PgceleryError):
     """The work would cost more than the task's max_cost_cents allows."""
+
+
+class DeliveryLimitExceeded(PgceleryError):
+    """The task was delivered PGCELERY_MAX_DELIVERIES times without finishing (its worker died
+    each time?) and was moved to the dead letters: see `pgcelery dead-letters list`, and replay
+    it with `pgcelery dead-letters replay <id>` once fixed."""

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     polling_interval: float = Field(
         default=1.0, gt=0, le=60, description="Seconds between broker polls when no NOTIFY."
     )
+    max_deliveries: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Deliveries without an ack before a message is dead-lettered (0: no limit).",
+    )
     listen: bool = Field(
         default=True, description="Wake workers with LISTEN/NOTIFY; false for PgBouncer."
     )

@@ -21,6 +21,8 @@ WORKER = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-c", "1"
 
 def _named(name: str) -> list[str]:
     return [*WORKER, "-n", f"{name}@%h"]
+
+
 LEASED = "SELECT count(*) FROM kombu_message WHERE lease_token IS NOT NULL AND visible_at > now()"
 
 

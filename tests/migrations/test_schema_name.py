@@ -30,6 +30,7 @@ TABLES = {
     "pgcelery_beat",
     "pgcelery_broadcast",
     "pgcelery_binding",
+    "pgcelery_dead_letter",
     VERSION_TABLE,
 }
 

@@ -39,3 +39,14 @@ def record_run(self: Task, label: str, sleep: float = 0.0) -> str:
         (label, self.request.id, os.getpid()),
     )
     return label
+
+
+@shared_task(name="tests.poison", bind=True)
+def poison(self: Task, label: str) -> None:
+    """Record the attempt, then kill the process running it (as a segfault or the OOM killer
+    would): never acked. Only ever for subprocess workers."""
+    _conn(self).execute(
+        "INSERT INTO test_runs (label, task_id, pid) VALUES (%s, %s, %s)",
+        (label, self.request.id, os.getpid()),
+    )
+    os._exit(13)

@@ -6,45 +6,33 @@ the SQL.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
 import psycopg
 from kombu.transport import virtual
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 
 from pgcelery import dsn
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
-from pgcelery.broker.delivery import QoS, due_at, parse_tag, tag
+from pgcelery.broker.caller_transaction import (
+    Identity,
+    caller_connection,
+    check_same_database,
+    identity_of,
+)
+from pgcelery.broker.dead_letters import bury, claimant
+from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
-from pgcelery.broker.same_database import Identity, check_same_database, identity_of
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
 
-#: The caller's open database connection, while ``enqueue_using`` is active: messages published
-#: on this thread are inserted in the caller's transaction instead of being committed at once.
-_ENQUEUE_CONNECTION: contextvars.ContextVar[psycopg.Connection[Any] | None] = (
-    contextvars.ContextVar("pgcelery_enqueue_connection", default=None)
-)
 MAX_BATCH = 100
-
-
-@contextmanager
-def enqueue_using(connection: psycopg.Connection[Any]) -> Iterator[None]:
-    """Publish on ``connection`` (in its open transaction) for the duration of the block."""
-    token = _ENQUEUE_CONNECTION.set(connection)
-    try:
-        yield
-    finally:
-        _ENQUEUE_CONNECTION.reset(token)
 
 
 class Channel(virtual.Channel):
@@ -61,6 +49,7 @@ class Channel(virtual.Channel):
         "broadcast_max_age",
         "broadcast_prune_every",
         "events_poll_interval",
+        "max_deliveries",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -77,6 +66,8 @@ class Channel(virtual.Channel):
     broadcast_prune_every: int = 100
     #: Seconds between an event receiver's reads of the broadcast log (pgcelery.broker.broadcast).
     events_poll_interval: float = 0.1
+    #: Deliveries without an ack after which a message goes to the dead letters (0: no limit).
+    max_deliveries: int = 5
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -224,7 +215,7 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
-        outer = _ENQUEUE_CONNECTION.get()
+        outer = caller_connection()
         if outer is not None:
             check_same_database(outer, self._database())
             outer.execute(self.sql.put, values)
@@ -267,7 +258,7 @@ class Channel(virtual.Channel):
         try:
             rows = self._execute(
                 self.sql.claim,
-                (acked_ids, acked_tokens, ids, limit, limit, self.visibility_timeout),
+                (acked_ids, acked_tokens, ids, limit, limit, self.visibility_timeout, claimant()),
                 role="consume",
             ).fetchall()
         except Exception:
@@ -275,18 +266,13 @@ class Channel(virtual.Channel):
             raise
         for message_id in acked_ids:
             self._forget(message_id)
-        claimed = []
         head = int(rows[0][5]) if rows else 0
-        for message_id, queue_id, token, deliveries, raw, _ in rows:
-            payload = loads(raw)
-            delivery_tag = tag(message_id, token)
-            props = payload.setdefault("properties", {})
-            props["delivery_tag"] = delivery_tag
-            info = props.setdefault("delivery_info", {})
-            info["redelivered"] = deliveries > 1
-            claimed.append((self._queue_names.get(queue_id, ""), payload))
+        claimed, refused = sort_claimed(rows, self._queue_names, self.max_deliveries)
+        for message_id, token, _, _ in claimed:
             self._lease_renewer().hold(message_id, token)
-        return claimed, head
+        if refused:
+            bury(self._conn("consume"), self.names, self._conninfo, refused)
+        return [(queue, payload) for _, _, queue, payload in claimed], head
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         estimate = self.qos.can_consume_max_estimate()
@@ -350,13 +336,14 @@ class Channel(virtual.Channel):
     def _restore(self, message: Any) -> None:
         self._release([message.delivery_tag])
 
-    def _release(self, tags: list[str]) -> None:
-        """Make the messages behind ``tags`` claimable again at once (lease given back)."""
+    def _release(self, tags: list[str], started: bool = True) -> None:
+        """Make the messages behind ``tags`` claimable again at once (lease given back); a
+        delivery whose task never ``started`` does not count towards the delivery limit."""
         pairs = [p for p in map(parse_tag, tags) if p is not None]
         if not pairs:
             return
         self._execute(
-            self.sql.release,
+            self.sql.release if started else self.sql.hand_back,
             ([p[0] for p in pairs], [p[1] for p in pairs]),
             role="consume",
         )

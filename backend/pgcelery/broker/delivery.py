@@ -15,11 +15,16 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from kombu.transport import virtual
+from kombu.utils.json import loads
+
+from pgcelery.broker.dead_letters import UNREADABLE, Refused
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,41 @@ def parse_tag(delivery_tag: Any) -> tuple[int, str] | None:
         return None
     _, message_id, token = delivery_tag.split(":", 2)
     return int(message_id), token
+
+
+def decode_payload(raw: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The message, or None and why not: a payload that is not a JSON object can never run."""
+    try:
+        payload = loads(raw)
+    except ValueError:
+        return None, UNREADABLE
+    return (payload, None) if isinstance(payload, dict) else (None, UNREADABLE)
+
+
+Claimed = tuple[int, str, str, dict[str, Any]]
+
+
+def sort_claimed(
+    rows: Sequence[tuple[Any, ...]], queue_names: dict[int, str], max_deliveries: int
+) -> tuple[list[Claimed], list[Refused]]:
+    """Split a claim's rows into messages to deliver, (id, token, queue, payload) each with its
+    delivery tag set, and messages to refuse: unreadable, or over the delivery limit."""
+    claimed: list[Claimed] = []
+    refused: list[Refused] = []
+    for message_id, queue_id, token, deliveries, raw, _, previous, priority in rows:
+        queue = queue_names.get(queue_id, "")
+        payload, reason = decode_payload(raw)
+        if payload is None or 0 < max_deliveries < deliveries:
+            item = Refused(
+                message_id, str(token), queue, raw, payload, priority, deliveries - 1, previous
+            )
+            refused.append(item if reason is None else replace(item, reason=reason))
+            continue
+        props = payload.setdefault("properties", {})
+        props["delivery_tag"] = tag(message_id, token)
+        props.setdefault("delivery_info", {})["redelivered"] = deliveries > 1
+        claimed.append((message_id, str(token), queue, payload))
+    return claimed, refused
 
 
 def due_at(message: dict[str, Any]) -> datetime | None:
@@ -80,7 +120,7 @@ class QoS(virtual.QoS):
         if kept:
             log.info("pgcelery.broker.running_kept", extra={"count": kept})
         try:
-            self.channel._release(handed_back)
+            self.channel._release(handed_back, started=False)
         except psycopg.Error as exc:
             # The leases run out by themselves; the messages come back then instead of now.
             log.warning(

@@ -21,11 +21,13 @@ class MessageSql:
 
     @cached_property
     def claim(self) -> str:
-        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds.
+        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds,
+        claimant.
 
         Each row also carries the broadcast log's head as this statement saw it: every
         broadcast committed before a claimed message (a revoke sent just before the task) has
         an id at or below it, so the worker can read those broadcasts before it runs the task.
+        And who claimed it before (for a dead letter's ``last_worker``), and its priority.
         """
         m = self.names.message
         return (
@@ -37,16 +39,19 @@ class MessageSql:
             # One ordered index scan per queue, never a bitmap scan: an index scan marks the
             # entries of deleted messages dead as it passes them, so the next claim skips them
             # instead of re-reading every row deleted since the last vacuum.
-            " c AS (SELECT q.id FROM unnest(%s::int[]) AS qs(queue_id) CROSS JOIN LATERAL"
-            f" (SELECT id, priority FROM {m} WHERE queue_id = qs.queue_id AND {_READY}"
+            " c AS (SELECT q.id, q.claimed_by AS previous FROM unnest(%s::int[]) AS qs(queue_id)"
+            " CROSS JOIN LATERAL"
+            f" (SELECT id, priority, claimed_by FROM {m}"
+            f" WHERE queue_id = qs.queue_id AND {_READY}"
             " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) q"
             " ORDER BY q.priority DESC, q.id LIMIT %s),"
             # Same statement, same snapshot as the claim (broadcast ids commit in id order).
             f" h AS (SELECT coalesce(max(id), 0) AS head FROM {self.names.broadcast})"
             f" UPDATE {m} m SET visible_at = now() + make_interval(secs => %s),"
-            " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1"
+            " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1, claimed_by = %s"
             " FROM c CROSS JOIN h WHERE m.id = c.id"
-            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload, h.head"
+            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload, h.head,"
+            " c.previous, m.priority"
         )
 
     @cached_property
@@ -78,6 +83,17 @@ class MessageSql:
     def delete_one(self) -> str:
         """Params: id, lease token."""
         return f"DELETE FROM {self.names.message} WHERE id = %s AND lease_token = %s"
+
+    @cached_property
+    def hand_back(self) -> str:
+        """Params: ids, lease tokens. Gives back held messages whose tasks never started:
+        claimable at once, and the delivery not counted against the message's limit."""
+        return (
+            f"UPDATE {self.names.message} m SET visible_at = now(), lease_token = NULL,"
+            " deliveries = greatest(m.deliveries - 1, 0)"
+            " FROM unnest(%s::bigint[], %s::uuid[]) AS r(id, token)"
+            " WHERE m.id = r.id AND m.lease_token = r.token"
+        )
 
     @cached_property
     def release(self) -> str:

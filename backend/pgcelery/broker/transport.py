@@ -28,7 +28,8 @@ from kombu.transport import virtual
 
 from pgcelery import dsn
 from pgcelery.broker import listener
-from pgcelery.broker.channel import Channel, enqueue_using
+from pgcelery.broker.caller_transaction import enqueue_using
+from pgcelery.broker.channel import Channel
 from pgcelery.exceptions import SchemaChangedWhileRunning, SchemaError
 from pgcelery.schema.check import check_schema
 from pgcelery.schema.tables import MESSAGE_CHANNEL

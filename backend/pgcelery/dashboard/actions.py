@@ -1,4 +1,5 @@
-"""The dashboard's three actions: retry a failed task, revoke a pending one, purge a queue.
+"""The dashboard's actions: retry a failed task, revoke a pending one, purge a queue, replay a
+dead letter.
 
 Each is offered only with ``PGCELERY_DASHBOARD_ACTIONS=true``, runs only on a POST carrying a
 token this process signed for exactly that action and target (shown on the confirmation page,
@@ -21,11 +22,12 @@ from celery import Celery, states
 from celery.app.task import Context
 
 from pgcelery import connections
+from pgcelery.broker import dead_letters
 from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("retry", "revoke", "purge")
+ACTIONS = ("retry", "revoke", "purge", "replay")
 TOKEN_LIFETIME = 600.0
 #: States a result can be retried from.
 RETRYABLE_STATES = (states.FAILURE, states.REVOKED)
@@ -73,6 +75,8 @@ class Actions:
             return f"Send task {target} again, by name, with its stored arguments."
         if action == "revoke":
             return f"Delete the pending message of task {target} and mark it REVOKED."
+        if action == "replay":
+            return f"Put dead letter {target} back on its queue, with a fresh delivery count."
         return f"Delete every message waiting in queue {target} (messages being run stay)."
 
     def run(self, action: str, target: str, user: str | None) -> Outcome:
@@ -148,6 +152,15 @@ class Actions:
                 (known[0],),
             ).rowcount
         return Outcome(f"queue {queue} purged: {deleted} message(s) deleted")
+
+    def replay(self, target: str) -> Outcome:
+        if not target.isdigit():
+            raise ActionRefused(f"{target!r} is not a dead letter id")
+        with connections.pool(self.queries.conninfo).connection() as conn:
+            replayed = dead_letters.replay(conn, self.queries.names, [int(target)])
+        if not replayed:
+            raise ActionRefused(f"there is no dead letter {target} (replayed or purged already?)")
+        return Outcome(f"dead letter {target} is back on its queue")
 
 
 def _json(payload: Any) -> dict[str, Any]:

@@ -177,6 +177,9 @@ class Dashboard:
         groups = self.queries.failures(hours)
         return self.render(request, "failures.html", groups=groups, hours=hours)
 
+    def dead_letters(self, request: Request) -> Response:
+        return self.render(request, "dead_letters.html", letters=self.queries.dead_letters())
+
     def confirm(self, request: Request) -> Response:
         action, target = self._action(request)
         return self.render(
@@ -243,6 +246,7 @@ def create_dashboard(settings: Settings, celery_app: Celery | None = None) -> St
         Route("/tasks", board.tasks),
         Route("/tasks/{task_id}", board.task),
         Route("/failures", board.failures),
+        Route("/dead-letters", board.dead_letters),
         Route("/actions/{action}/{target}", board.confirm, methods=["GET"]),
         Route("/actions/{action}/{target}", board.perform, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

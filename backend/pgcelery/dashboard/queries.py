@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from pgcelery import connections, dsn
+from pgcelery.broker import dead_letters
 from pgcelery.observability.redaction import scrub
 from pgcelery.schema.tables import TENANT_OF_KWARGS, Names
 from pgcelery.settings import Settings
@@ -209,6 +210,10 @@ class Queries:
         more = len(found) > limit
         found = found[:limit]
         return TaskPage(found, encode_cursor(found[-1]) if more and found else None)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        with connections.pool(self.conninfo).connection() as conn:
+            return dead_letters.listed(conn, self.names)
 
     def failures(self, hours: int) -> list[dict[str, Any]]:
         """Failures of the last ``hours`` grouped by exception type, most frequent first."""

@@ -59,6 +59,12 @@ class TaskMetrics:
             TASK_LABELS,
             registry=None,
         )
+        self.dead_letters = Counter(
+            "pgcelery_dead_letters",
+            "Messages moved to the dead letters: delivered too often unacked, or unreadable.",
+            ("queue_name", "reason"),
+            registry=None,
+        )
         self.db_connections_in_use = Gauge(
             "pgcelery_db_pool_connections_in_use",
             "SQLAlchemy pool connections checked out in the worker's processes.",

@@ -27,6 +27,7 @@ BROADCAST_TABLE = "pgcelery_broadcast"
 BINDING_TABLE = "pgcelery_binding"
 WORKER_TABLE = "pgcelery_worker"
 BEAT_TABLE = "pgcelery_beat"
+DEAD_LETTER_TABLE = "pgcelery_dead_letter"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
@@ -173,6 +174,26 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         task.c.id,
         postgresql_where=sa.text(f"{TENANT_OF_KWARGS} IS NOT NULL"),
     )
+    # Added by revision 0008: dead letters, and who claimed each message last.
+    message.append_column(sa.Column("claimed_by", sa.Text))
+    dead_letter = sa.Table(
+        DEAD_LETTER_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("queue", sa.Text, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("priority", sa.SmallInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("deliveries", sa.Integer, nullable=False),
+        sa.Column("task_id", sa.Text),
+        sa.Column("task_name", sa.Text),
+        sa.Column("last_worker", sa.Text),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column(
+            "dead_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_dead_letter_dead_at", dead_letter.c.dead_at)
     return md
 
 
@@ -216,6 +237,10 @@ class Names:
     @cached_property
     def beat(self) -> str:
         return self._q(BEAT_TABLE)
+
+    @cached_property
+    def dead_letter(self) -> str:
+        return self._q(DEAD_LETTER_TABLE)
 
     def sequence(self, name: str) -> str:
         return self._q(name)

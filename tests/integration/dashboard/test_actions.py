@@ -13,6 +13,7 @@ from celery.result import AsyncResult
 from starlette.testclient import TestClient
 
 from pgcelery.dashboard import create_dashboard
+from pgcelery.exceptions import DeliveryLimitExceeded
 from pgcelery.settings import Settings
 
 
@@ -133,3 +134,29 @@ def test_actions_are_off_by_default(database_url: str, app: Celery) -> None:
         assert http.post("/actions/purge/kept", data={"token": "x"}).status_code == 404
         assert "Purge" not in http.get("/queues").text
     assert _messages(database_url, "kept") == 1
+
+
+def test_a_dead_letter_is_listed_and_replayed(
+    client: TestClient, app: Celery, worker: TestWorkController, database_url: str
+) -> None:
+    # Due in a moment (the worker is running already): time to mark it as if five workers
+    # had died running it, so the claim that finds it due buries it.
+    stuck = app.send_task("tests.add", args=(4, 5), countdown=2)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE kombu_message SET deliveries = 5, claimed_by = 'box:99'")
+    with pytest.raises(DeliveryLimitExceeded):
+        stuck.get(timeout=30)
+    page = client.get("/dead-letters")
+    assert page.status_code == 200
+    assert stuck.id in page.text
+    assert "box:99" in page.text
+    found = re.search(r'href="/actions/replay/(\d+)"', page.text)
+    assert found is not None
+    letter = found.group(1)
+    token = _confirm(client, "replay", letter)
+    done = client.post(f"/actions/replay/{letter}", data={"token": token}, follow_redirects=False)
+    assert done.status_code == 303
+    assert AsyncResult(stuck.id, app=app).get(timeout=30) == 9
+    assert "No dead letters." in client.get("/dead-letters").text
+    again = client.post(f"/actions/replay/{letter}", data={"token": token})
+    assert again.status_code == 409

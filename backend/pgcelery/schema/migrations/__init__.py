@@ -24,6 +24,7 @@ from pgcelery.schema.tables import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,
+    DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
     QUEUE_TABLE,
@@ -48,6 +49,7 @@ PGCELERY_TABLES = frozenset(
         BINDING_TABLE,
         WORKER_TABLE,
         BEAT_TABLE,
+        DEAD_LETTER_TABLE,
         VERSION_TABLE,
     }
 )

@@ -1,6 +1,7 @@
-"""Transactional enqueue only on a connection to the broker's own database.
+"""Publishing on the caller's connection, and only on one to the broker's own database.
 
-``send_in_transaction`` inserts the message on the caller's connection. On a connection to
+While :func:`enqueue_using` is active, messages published on this thread are inserted on the
+caller's connection, inside its open transaction (``send_in_transaction``). On a connection to
 another database (another cluster, or another database of the same cluster) the insert either
 fails or, worse, succeeds into a ``kombu_message`` no worker of this broker reads: the task
 would be silently lost. So the first message a channel publishes on a caller's connection
@@ -10,8 +11,11 @@ physical replicas, stable across restarts) and the database name.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -19,6 +23,26 @@ import psycopg
 from pgcelery.exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
+
+_CALLER: contextvars.ContextVar[psycopg.Connection[Any] | None] = contextvars.ContextVar(
+    "pgcelery_enqueue_connection", default=None
+)
+
+
+@contextmanager
+def enqueue_using(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """Publish on ``connection`` (in its open transaction) for the duration of the block."""
+    token = _CALLER.set(connection)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def caller_connection() -> psycopg.Connection[Any] | None:
+    """The caller's connection messages published now go into, if any."""
+    return _CALLER.get()
+
 
 _IDENTITY = "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
 Identity = tuple[str | None, str]
