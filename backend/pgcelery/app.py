@@ -41,7 +41,11 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         # Migrations own the schema: the result backend must never create tables.
         "database_create_tables_at_setup": False,
         "database_table_schemas": {"task": settings.schema_name, "group": settings.schema_name},
-        "database_engine_options": {"pool_pre_ping": True},
+        "database_engine_options": {
+            "pool_pre_ping": True,
+            # Behind PgBouncer in transaction pooling mode: no server-side prepared statements.
+            **({} if settings.listen else {"connect_args": {"prepare_threshold": None}}),
+        },
         # A worker started while Postgres is down waits for it instead of exiting.
         "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
@@ -59,6 +63,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             "max_deliveries": settings.max_deliveries,
+            "statement_timeout": settings.broker_statement_timeout,
             "polling_interval": settings.polling_interval,
             "listen": settings.listen,
             "schema": settings.schema_name,

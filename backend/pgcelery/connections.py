@@ -14,27 +14,43 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 _LOCK = threading.Lock()
-_POOLS: dict[tuple[int, str, bool], ConnectionPool[Any]] = {}
+_POOLS: dict[tuple[int, str, bool, bool], ConnectionPool[Any]] = {}
 
 
-def pool(conninfo: str, max_size: int = 10, async_commit: bool = False) -> ConnectionPool[Any]:
+def connect_kwargs(transaction_pooling: bool, **settings: str) -> dict[str, Any]:
+    """psycopg connect arguments: server ``settings`` as startup options, or, behind PgBouncer in
+    transaction pooling mode, neither those (it refuses the ``options`` startup parameter) nor
+    server-side prepared statements (the next transaction may run on another server
+    connection, where the statement was never prepared)."""
+    if transaction_pooling:
+        return {"autocommit": True, "prepare_threshold": None}
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return {"autocommit": True, "options": options}
+
+
+def pool(
+    conninfo: str,
+    max_size: int = 10,
+    async_commit: bool = False,
+    transaction_pooling: bool = False,
+) -> ConnectionPool[Any]:
     """The process's pool for ``conninfo`` (opened lazily; connections made on demand).
 
     ``async_commit`` pools commit without waiting for the WAL flush: only for writes whose loss
     in a server crash makes a task run again rather than disappear (results, acks).
+    ``transaction_pooling``: the database is behind PgBouncer in transaction pooling mode
+    (pgcelery's poll-only mode, ``PGCELERY_LISTEN=false``), see :func:`connect_kwargs`.
     """
-    key = (os.getpid(), conninfo, async_commit)
+    key = (os.getpid(), conninfo, async_commit, transaction_pooling)
     with _LOCK:
         found = _POOLS.get(key)
         if found is None:
+            server = {"synchronous_commit": "off"} if async_commit else {}
             found = _POOLS[key] = ConnectionPool(
                 conninfo,
                 min_size=0,
                 max_size=max_size,
-                kwargs={
-                    "autocommit": True,
-                    "options": "-c synchronous_commit=off" if async_commit else "",
-                },
+                kwargs=connect_kwargs(transaction_pooling, **server),
                 # A broken connection is noticed when used and replaced; no ping per checkout.
                 check=None,
                 open=True,

@@ -47,6 +47,17 @@ _ASYNCPG_ONLY = frozenset(
         "prepared_statement_name_func",
     }
 )
+#: libpq parameters every connection pgcelery opens gets, unless DATABASE_URL sets them itself:
+#: an unreachable server fails a connect in 10 s, and a half-open connection (a server gone
+#: without a FIN: failover, a cut network) is dropped within about a minute, not TCP's two hours.
+CLIENT_DEFAULTS = (
+    ("connect_timeout", "10"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "10"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "60000"),
+)
 _SCHEME_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", re.DOTALL)
 _PASSWORD_PARAM = re.compile(r"(?i)(?P<key>[&;]password=)(?P<value>[^&#]*)")
 
@@ -106,18 +117,25 @@ def _translate_query(scheme: str, query: str) -> str:
     return "&".join(parts)
 
 
+def _with_client_defaults(query: str) -> str:
+    given = {unquote(part.partition("=")[0]) for part in query.split("&") if part}
+    missing = [f"{key}={value}" for key, value in CLIENT_DEFAULTS if key not in given]
+    return "&".join(filter(None, [query, *missing]))
+
+
 def sync_url(database_url: str) -> str:
     """Return ``DATABASE_URL`` as a ``postgresql+psycopg://`` URL for SQLAlchemy.
 
     User, password, host, port, database and libpq query parameters are kept verbatim;
-    asyncpg-only parameters are translated or refused with :class:`ConfigurationError`.
+    asyncpg-only parameters are translated or refused with :class:`ConfigurationError`; the
+    timeouts and keepalives of :data:`CLIENT_DEFAULTS` are added where the URL has none.
     """
     scheme, rest = _split(database_url)
     location, qmark, query = rest.partition("?")
     if "#" in query or (not qmark and "#" in location):
         raise ConfigurationError("DATABASE_URL must not contain a #fragment.")
-    query = _translate_query(scheme, query)
-    return f"{SYNC_SCHEME}://{location}" + (f"?{query}" if query else "")
+    query = _with_client_defaults(_translate_query(scheme, query))
+    return f"{SYNC_SCHEME}://{location}?{query}"
 
 
 def broker_url(database_url: str) -> str:

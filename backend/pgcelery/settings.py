@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     polling_interval: float = Field(
         default=1.0, gt=0, le=60, description="Seconds between broker polls when no NOTIFY."
     )
+    broker_statement_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Seconds a broker statement may run before the server cancels it (0: none).",
+    )
     max_deliveries: int = Field(
         default=5,
         ge=0,

@@ -9,6 +9,13 @@ from hypothesis import strategies as st
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
 
+#: What sync_url adds to a URL that sets none of the client timeouts and keepalives.
+DEFAULTS = "&".join(f"{key}={value}" for key, value in dsn.CLIENT_DEFAULTS)
+
+
+def _defaults(*given: str) -> str:
+    return "&".join(f"{k}={v}" for k, v in dsn.CLIENT_DEFAULTS if k not in given)
+
 
 @pytest.mark.parametrize(
     "scheme",
@@ -18,21 +25,31 @@ def test_every_postgres_form_becomes_psycopg(scheme: str) -> None:
     url = f"{scheme}://user:pa%40ss@db.example:6543/app?sslmode=require&options=-c%20statement_timeout%3D5s"
     assert dsn.sync_url(url) == (
         "postgresql+psycopg://user:pa%40ss@db.example:6543/app"
-        "?sslmode=require&options=-c%20statement_timeout%3D5s"
+        f"?sslmode=require&options=-c%20statement_timeout%3D5s&{DEFAULTS}"
     )
 
 
 def test_broker_and_backend_urls() -> None:
     url = "postgres://u:p@h/db"
-    assert dsn.broker_url(url) == "sqla+postgresql+psycopg://u:p@h/db"
-    assert dsn.result_backend_url(url) == "db+postgresql+psycopg://u:p@h/db"
+    assert dsn.broker_url(url) == f"sqla+postgresql+psycopg://u:p@h/db?{DEFAULTS}"
+    assert dsn.result_backend_url(url) == f"db+postgresql+psycopg://u:p@h/db?{DEFAULTS}"
+
+
+def test_client_timeouts_and_keepalives_are_added_unless_given() -> None:
+    url = "postgresql://u:p@h/db?keepalives_idle=120&connect_timeout=3"
+    found = dsn.sync_url(url)
+    rest = _defaults("keepalives_idle", "connect_timeout")
+    assert found == f"postgresql+psycopg://u:p@h/db?keepalives_idle=120&connect_timeout=3&{rest}"
+    # Idempotent: the URLs derived from it (the broker's, the backend's) add nothing again.
+    assert dsn.sync_url(found) == found
+    assert dsn.libpq_url(dsn.broker_url(url).removeprefix("sqla+")) == dsn.libpq_url(url)
 
 
 def test_unix_socket_host_parameter_is_kept() -> None:
     url = "postgresql://postgres@/appdb?host=/var/run/postgresql&port=5433"
     assert (
         dsn.sync_url(url)
-        == "postgresql+psycopg://postgres@/appdb?host=/var/run/postgresql&port=5433"
+        == f"postgresql+psycopg://postgres@/appdb?host=/var/run/postgresql&port=5433&{DEFAULTS}"
     )
 
 
@@ -42,7 +59,10 @@ def test_unix_socket_host_parameter_is_kept() -> None:
 )
 def test_asyncpg_ssl_is_translated(given_ssl: str, mode: str) -> None:
     url = f"postgresql+asyncpg://u:p@h/db?ssl={given_ssl}&timeout=10"
-    assert dsn.sync_url(url) == f"postgresql+psycopg://u:p@h/db?sslmode={mode}&connect_timeout=10"
+    assert dsn.sync_url(url) == (
+        f"postgresql+psycopg://u:p@h/db?sslmode={mode}&connect_timeout=10&"
+        f"{_defaults('connect_timeout')}"
+    )
 
 
 def test_asyncpg_only_parameter_is_refused_by_name() -> None:
@@ -127,5 +147,7 @@ def test_sync_url_keeps_every_component(
     encoded = quote(password, safe="")
     suffix = f"?{'&'.join(query)}" if query else ""
     url = f"{scheme}://{user}:{encoded}@{host}:{port}/{db}{suffix}"
-    assert dsn.sync_url(url) == f"postgresql+psycopg://{user}:{encoded}@{host}:{port}/{db}{suffix}"
+    kept = f"postgresql+psycopg://{user}:{encoded}@{host}:{port}/{db}{suffix}"
+    rest = _defaults(*(part.partition("=")[0] for part in query))
+    assert dsn.sync_url(url) == f"{kept}{'&' if query else '?'}{rest}"
     assert dsn.password_of(url) == encoded

@@ -19,7 +19,7 @@ def test_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.schema_name == "jobs"
     assert settings.visibility_timeout == 12.5
-    assert settings.broker_url == "sqla+postgresql+psycopg://u:p@h/db"
+    assert settings.broker_url.startswith("sqla+postgresql+psycopg://u:p@h/db?connect_timeout=10&")
 
 
 def test_error_names_the_variable_and_never_the_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import psycopg
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
-from pgcelery import dsn
+from pgcelery import connections, dsn
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.broker.caller_transaction import (
@@ -50,6 +50,7 @@ class Channel(virtual.Channel):
         "broadcast_prune_every",
         "events_poll_interval",
         "max_deliveries",
+        "statement_timeout",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -68,6 +69,8 @@ class Channel(virtual.Channel):
     events_poll_interval: float = 0.1
     #: Deliveries without an ack after which a message goes to the dead letters (0: no limit).
     max_deliveries: int = 5
+    #: Seconds a broker statement may run before the server cancels it (0: no limit).
+    statement_timeout: float = 30.0
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -99,10 +102,15 @@ class Channel(virtual.Channel):
         return db
 
     def _connect(self, role: str) -> psycopg.Connection[Any]:
-        options = "-c synchronous_commit=off" if role == "consume" and self.async_commit else ""
-        # Poll-only mode is the PgBouncer mode: no server-side prepared statements there.
-        prepare = {} if self.listen else {"prepare_threshold": None}
-        return psycopg.connect(self._conninfo, autocommit=True, options=options, **prepare)
+        server = {}
+        if self.statement_timeout > 0:
+            # A broker statement takes milliseconds; one stuck this long is a broken session.
+            server["statement_timeout"] = str(round(self.statement_timeout * 1000))
+        if role == "consume" and self.async_commit:
+            server["synchronous_commit"] = "off"
+        # Poll-only mode is the PgBouncer mode (see connections.connect_kwargs).
+        kwargs = connections.connect_kwargs(not self.listen, **server)
+        return psycopg.connect(self._conninfo, **kwargs)
 
     def _execute(
         self, query: str, params: tuple[Any, ...] = (), role: str = "publish"
@@ -295,7 +303,9 @@ class Channel(virtual.Channel):
 
     def _lease_renewer(self) -> LeaseRenewer:
         if self._renewer is None:
-            self._renewer = LeaseRenewer(self._conninfo, self.names, self.visibility_timeout)
+            self._renewer = LeaseRenewer(
+                lambda: self._connect("consume"), self.names, self.visibility_timeout
+            )
         return self._renewer
 
     # -- ack, reject, restore ----------------------------------------------------------------

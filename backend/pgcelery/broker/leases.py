@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -22,8 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class LeaseRenewer:
-    def __init__(self, conninfo: str, names: Names, visibility_timeout: float) -> None:
-        self._conninfo = conninfo
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        names: Names,
+        visibility_timeout: float,
+    ) -> None:
+        self._connect = connect
         self._names = names
         self._timeout = visibility_timeout
         self._held: dict[int, str] = {}
@@ -58,7 +64,7 @@ class LeaseRenewer:
         if not held:
             return
         if self._db is None or self._db.closed:
-            self._db = psycopg.connect(self._conninfo, autocommit=True)
+            self._db = self._connect()
         rows = self._db.execute(
             f"UPDATE {self._names.message} m"
             " SET visible_at = now() + make_interval(secs => %s)"

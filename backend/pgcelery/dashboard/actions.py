@@ -21,7 +21,6 @@ from typing import Any
 from celery import Celery, states
 from celery.app.task import Context
 
-from pgcelery import connections
 from pgcelery.broker import dead_letters
 from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
 
@@ -115,7 +114,7 @@ class Actions:
 
     def revoke(self, task_id: str) -> Outcome:
         n = self.queries.names
-        with connections.pool(self.queries.conninfo).connection() as conn:
+        with self.queries.pool().connection() as conn:
             # Only a message no worker holds: a claimed one is already running.
             found = conn.execute(
                 f"DELETE FROM {n.message} WHERE id = (SELECT m.id FROM {n.message} m"
@@ -142,7 +141,7 @@ class Actions:
 
     def purge(self, queue: str) -> Outcome:
         n = self.queries.names
-        with connections.pool(self.queries.conninfo).connection() as conn:
+        with self.queries.pool().connection() as conn:
             known = conn.execute(f"SELECT id FROM {n.queue} WHERE name = %s", (queue,)).fetchone()
             if known is None:
                 raise ActionRefused(f"there is no queue named {queue}")
@@ -156,7 +155,7 @@ class Actions:
     def replay(self, target: str) -> Outcome:
         if not target.isdigit():
             raise ActionRefused(f"{target!r} is not a dead letter id")
-        with connections.pool(self.queries.conninfo).connection() as conn:
+        with self.queries.pool().connection() as conn:
             replayed = dead_letters.replay(conn, self.queries.names, [int(target)])
         if not replayed:
             raise ActionRefused(f"there is no dead letter {target} (replayed or purged already?)")

@@ -109,9 +109,13 @@ class Queries:
     def __init__(self, settings: Settings) -> None:
         self.names = Names(settings.schema_name)
         self.conninfo = dsn.libpq_url(settings.sync_url)
+        self.transaction_pooling = not settings.listen
+
+    def pool(self) -> Any:
+        return connections.pool(self.conninfo, transaction_pooling=self.transaction_pooling)
 
     def fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with connections.pool(self.conninfo).connection() as conn:
+        with self.pool().connection() as conn:
             return list(conn.execute(query, params).fetchall())
 
     def queues(self) -> list[QueueRow]:
@@ -158,7 +162,7 @@ class Queries:
         return [(min(59, max(0, int(m))), str(s), int(c)) for m, s, c in rows]
 
     def workers(self) -> list[dict[str, Any]]:
-        with connections.pool(self.conninfo).connection() as conn:
+        with self.pool().connection() as conn:
             cursor = conn.execute(
                 "SELECT hostname, pid, pool, concurrency, queues, tasks_in_flight, processed,"
                 " version, started_at, last_seen, extract(epoch FROM now() - last_seen) AS age"
@@ -212,7 +216,7 @@ class Queries:
         return TaskPage(found, encode_cursor(found[-1]) if more and found else None)
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        with connections.pool(self.conninfo).connection() as conn:
+        with self.pool().connection() as conn:
             return dead_letters.listed(conn, self.names)
 
     def failures(self, hours: int) -> list[dict[str, Any]]:

@@ -116,7 +116,11 @@ class DatabaseProbe:
             max_overflow=2,
             pool_timeout=settings.health_timeout,
             # libpq counts whole seconds and treats anything below 2 as 2.
-            connect_args={"connect_timeout": max(2, math.ceil(settings.health_timeout))},
+            connect_args={
+                "connect_timeout": max(2, math.ceil(settings.health_timeout)),
+                # Behind PgBouncer in transaction pooling mode: no server-side prepared statements.
+                **({} if settings.listen else {"prepare_threshold": None}),
+            },
         )
         self._lock = threading.Lock()
         self.last: HealthReport | None = None

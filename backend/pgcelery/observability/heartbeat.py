@@ -49,10 +49,14 @@ class Heartbeat:
         self.interval = settings.worker_heartbeat_interval
         self.names = Names(settings.schema_name)
         self.conninfo = dsn.libpq_url(settings.sync_url)
+        self.transaction_pooling = not settings.listen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at: Any = None
         self._failing = False
+
+    def _pool(self) -> Any:
+        return connections.pool(self.conninfo, transaction_pooling=self.transaction_pooling)
 
     def facts(self) -> dict[str, Any]:
         """The row this node writes: identity, pool and what it is doing now."""
@@ -83,7 +87,9 @@ class Heartbeat:
     def beat(self) -> bool:
         """Write the row once; ``False`` (logged once per outage) when the database refused."""
         try:
-            with connections.pool(self.conninfo).connection(timeout=self.interval) as conn:
+            with connections.pool(
+                self.conninfo, transaction_pooling=self.transaction_pooling
+            ).connection(timeout=self.interval) as conn:
                 if self._started_at is None:
                     found = conn.execute("SELECT now()").fetchone()
                     self._started_at = found[0] if found else None
@@ -125,7 +131,9 @@ class Heartbeat:
             self._thread.join(timeout=self.interval + 5)
             self._thread = None
         try:
-            with connections.pool(self.conninfo).connection(timeout=5) as conn:
+            with connections.pool(
+                self.conninfo, transaction_pooling=self.transaction_pooling
+            ).connection(timeout=5) as conn:
                 conn.execute(
                     f"DELETE FROM {self.names.worker} WHERE hostname = %s AND pid = %s",
                     (self.hostname, os.getpid()),

@@ -149,8 +149,17 @@ class PgBackend(DatabaseBackend):
         # A result lost in a server crash is rewritten when the (also lost) ack makes the task
         # run again: WAL order puts the result's commit before the ack's.
         self._async_commit = bool(getattr(settings, "worker_async_commit", False))
+        options = self.app.conf.broker_transport_options or {}
+        self._transaction_pooling = not bool(options.get("listen", True))
         delay = float(getattr(settings, "started_state_delay", 0.0))
         self._deferred_starts = _deferred_starts(delay) if delay > 0 else None
+
+    def _pool(self, async_commit: bool = False) -> Any:
+        return connections.pool(
+            self._conninfo,
+            async_commit=async_commit,
+            transaction_pooling=self._transaction_pooling,
+        )
 
     def _create_tables(self) -> None:
         # Celery calls this from DatabaseBackend.__init__ when database_create_tables_at_setup
@@ -210,7 +219,7 @@ class PgBackend(DatabaseBackend):
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
         values = [getattr(row, name) for name in self._columns]
-        with connections.pool(self._conninfo, async_commit=self._async_commit).connection() as conn:
+        with self._pool(async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
 
     @cached_property
@@ -249,7 +258,7 @@ class PgBackend(DatabaseBackend):
         # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
         if self._deferred_starts is not None:
             self._deferred_starts.flush(task_id)
-        with connections.pool(self._conninfo).connection() as conn:
+        with self._pool().connection() as conn:
             found = conn.execute(self._sql_select, (task_id,)).fetchone()
         if found is None:
             return None

@@ -46,6 +46,7 @@ class _Key:
     max_overflow: int
     tenant_guc: str
     correlation_guc: str
+    transaction_pooling: bool
 
 
 _ENGINES: dict[_Key, tuple[sa.Engine, sessionmaker[Session]]] = {}
@@ -86,6 +87,8 @@ def _create(key: _Key) -> tuple[sa.Engine, sessionmaker[Session]]:
         pool_pre_ping=True,
         # A connection older than this is replaced: bounds the life of server-side state.
         pool_recycle=1800,
+        # Behind PgBouncer in transaction pooling mode: no server-side prepared statements.
+        connect_args={"prepare_threshold": None} if key.transaction_pooling else {},
     )
 
     @event.listens_for(engine, "begin")
@@ -104,6 +107,7 @@ def _entry(settings: Settings | None) -> tuple[sa.Engine, sessionmaker[Session]]
         max_overflow=found.db_max_overflow,
         tenant_guc=found.tenant_guc,
         correlation_guc=found.correlation_guc,
+        transaction_pooling=not found.listen,
     )
     with _LOCK:
         entry = _ENGINES.get(key)
