@@ -352,13 +352,17 @@ class Channel(virtual.Channel):
         pairs = [p for p in map(parse_tag, tags) if p is not None]
         if not pairs:
             return
-        self._execute(
-            self.sql.release if started else self.sql.hand_back,
-            ([p[0] for p in pairs], [p[1] for p in pairs]),
-            role="consume",
-        )
-        for message_id, _ in pairs:
-            self._forget(message_id)
+        try:
+            self._execute(
+                self.sql.release if started else self.sql.hand_back,
+                ([p[0] for p in pairs], [p[1] for p in pairs]),
+                role="consume",
+            )
+        finally:
+            # Given back or not (the database may be down: that is often why the channel
+            # closes), they are no longer ours to renew: at worst their leases run out.
+            for message_id, _ in pairs:
+                self._forget(message_id)
 
     def _forget(self, message_id: int) -> None:
         if self._renewer is not None:
