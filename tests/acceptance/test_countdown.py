@@ -8,6 +8,7 @@ import sys
 import textwrap
 from contextlib import ExitStack
 
+import psutil
 import psycopg
 from celery import Celery
 
@@ -34,12 +35,19 @@ def _workers_up(url: str, count: int) -> None:
     )
 
 
+def _rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
 def test_countdown_tasks_are_not_leased_by_a_worker(runs_app: Celery, runs_db: str) -> None:
-    for i in range(300):
-        runs_app.send_task("tests.record_run", args=(f"later{i}",), countdown=3600)
     with worker_process(runs_db, WORKER) as worker:
+        assert runs_app.send_task("tests.add", args=(0, 0)).get(timeout=60) == 0
+        idle = _rss_mb(worker.pid)
+        for i in range(300):
+            runs_app.send_task("tests.record_run", args=(f"later{i}",), countdown=3600)
         # A task sent after them has run: the worker has claimed since they were queued.
         assert runs_app.send_task("tests.add", args=(1, 1)).get(timeout=60) == 2
+        assert _rss_mb(worker.pid) - idle < 5  # nothing of theirs is held in the worker
         assert scalar(runs_db, LEASED) == 0
         waiting = scalar(
             runs_db,
