@@ -85,15 +85,17 @@ def test_due_tasks_go_to_whichever_worker_is_free(runs_app: Celery, runs_db: str
         for name in ("one", "two"):
             stack.enter_context(worker_process(runs_db, _named(name)))
         _workers_up(runs_db, 2)
-        for i in range(40):
-            runs_app.send_task("tests.record_run", args=(f"due{i}", 0.2), countdown=8)
+        # Twenty half-second tasks: ten seconds of work, so a worker that claims every polling
+        # interval (1 s) gets some even while the other is woken by its own acks.
+        for i in range(20):
+            runs_app.send_task("tests.record_run", args=(f"due{i}", 0.5), countdown=8)
         wait_until(
-            lambda: scalar(runs_db, "SELECT count(*) FROM test_runs") == 40,
+            lambda: scalar(runs_db, "SELECT count(*) FROM test_runs") == 20,
             timeout=90,
-            what="all 40 countdown tasks",
+            what="all 20 countdown tasks",
         )
     assert scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 2
-    assert scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs") == 40
+    assert scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs") == 20
 
 
 def test_a_worker_killed_before_they_are_due_delays_none(runs_app: Celery, runs_db: str) -> None:

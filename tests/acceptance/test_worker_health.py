@@ -28,7 +28,8 @@ def test_health_turns_503_when_the_schema_is_behind_and_200_when_migrated(
         wait_until(lambda: _health(port)[0] == 200, timeout=TIMEOUT, what="/health 200")
         status, body = _health(port)
         assert body["status"] == "ok"
-        assert set(body["checks"]) == {"database", "broker", "schema"}  # type: ignore[arg-type]
+        assert set(body["checks"]) == {"database", "broker", "schema", "listener"}  # type: ignore[arg-type]
+        assert body["checks"]["listener"]["status"] == "ok"  # type: ignore[index]
 
         migrations.downgrade(database_url, "0001_initial")
         # Polled: under load a single probe can time out (status 0) rather than answer.

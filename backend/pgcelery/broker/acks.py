@@ -52,6 +52,12 @@ class PendingAcks:
         with self._cond:
             self._ids[:0] = ids
             self._tokens[:0] = tokens
+            # The flusher may be parked waiting for acks: a failed claim or close that took
+            # these must not leave them unsent (their leases would be renewed for ever).
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pgcelery-acks", daemon=True)
+                self._thread.start()
+            self._cond.notify()
 
     def flush_now(self) -> None:
         ids, tokens = self.take()

@@ -28,6 +28,7 @@ from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
+from pgcelery.broker.settling import Settling
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Channel(virtual.Channel):
         self._identity: Identity | None = None
         self._acks = PendingAcks(self._delete_acked)
         self.broadcast = ChannelBroadcast(self)
+        self.settling = Settling(self)
         self.sql = MessageSql(self.names)
 
     # -- connection --------------------------------------------------------------------------
@@ -367,8 +369,8 @@ class Channel(virtual.Channel):
     def _forget(self, message_id: int) -> None:
         if self._renewer is not None:
             self._renewer.release(message_id)
-            if self.closed and not self._renewer.held():
-                self._stop_settling()
+            if self.closed:
+                self.settling.forgotten()
 
     def close(self) -> None:
         if self.closed:
@@ -377,31 +379,4 @@ class Channel(virtual.Channel):
             super().close()  # hands back what never started (QoS.restore_unacked)
         finally:
             self.broadcast.close()
-            self._settle_after_close()
-
-    def _settle_after_close(self) -> None:
-        """Stop at once, unless tasks still running hold messages of this channel.
-
-        A channel closes when its connection breaks, while the worker's tasks run on. Their
-        messages stay leased: the renewer goes on renewing them and the ack thread goes on
-        retrying, each on a fresh connection, so a task that finishes after the reconnect is
-        acked (fenced by its token) instead of running a second time when its lease runs out.
-        The last ack or release stops both (``_forget``).
-        """
-        try:
-            self._acks.flush_now()
-        except psycopg.Error as exc:
-            # Retried by the ack thread below; should the worker die first, the leases run out
-            # and the messages run again: at least once, never lost.
-            log.warning("pgcelery.broker.ack_flush_failed", extra={"error": type(exc).__name__})
-        held = self._renewer.held() if self._renewer is not None else {}
-        if held:
-            log.info("pgcelery.broker.settling", extra={"count": len(held)})
-            return
-        self._stop_settling()
-
-    def _stop_settling(self) -> None:
-        self._acks.stop()
-        if self._renewer is not None:
-            self._renewer.stop()
-        self._drop_connection()
+            self.settling.after_close()

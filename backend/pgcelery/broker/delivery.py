@@ -89,21 +89,32 @@ def due_at(message: dict[str, Any]) -> datetime | None:
     return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
-def running_delivery_tags() -> frozenset[str]:
-    """Tags of the messages whose tasks this process's Celery worker is running now.
+#: Seconds a message handed to the pool but not yet seen starting stays leased after its channel
+#: closed: a prefork child accepts a job within milliseconds once the parent's loop runs again.
+HANDOFF_GRACE = 5.0
 
-    Celery's worker state lists them (``active_requests``: started in this process, in a pool
-    thread, or accepted by a prefork child). Outside a worker, nothing is running.
+
+def _tag_of(request: Any) -> str | None:
+    delivery_tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    return delivery_tag if isinstance(delivery_tag, str) else None
+
+
+def running_delivery_tags() -> tuple[frozenset[str], frozenset[str]]:
+    """Tags of the messages whose tasks this process's Celery worker runs now: those it saw
+    start (``active_requests``: started here, in a pool thread, or accepted by a prefork child),
+    and those handed to the pool and not seen starting yet (a prefork parent learns that a child
+    took a job only when it reads the child's reply). Outside a worker, nothing runs.
     """
     state = sys.modules.get("celery.worker.state")
     if state is None:
-        return frozenset()
-    found = set()
-    for request in tuple(state.active_requests):
-        delivery_tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-        if isinstance(delivery_tag, str):
-            found.add(delivery_tag)
-    return frozenset(found)
+        return frozenset(), frozenset()
+    started = {t for r in tuple(state.active_requests) if (t := _tag_of(r)) is not None}
+    handed = {
+        t
+        for r in tuple(state.reserved_requests)
+        if getattr(r, "_apply_result", None) is not None and (t := _tag_of(r)) is not None
+    }
+    return frozenset(started), frozenset(handed - started)
 
 
 class QoS(virtual.QoS):
@@ -114,11 +125,18 @@ class QoS(virtual.QoS):
         self._flush()
         unacked = [t for t in self._delivered if t not in self._dirty]
         self._delivered.clear()
-        running = running_delivery_tags()
-        handed_back = [t for t in unacked if t not in running]
-        kept = len(unacked) - len(handed_back)
-        if kept:
-            log.info("pgcelery.broker.running_kept", extra={"count": kept})
+        started, handed = running_delivery_tags()
+        handed_back = [t for t in unacked if t not in started and t not in handed]
+        undecided = [t for t in unacked if t in handed]
+        if len(handed_back) < len(unacked):
+            log.info(
+                "pgcelery.broker.running_kept",
+                extra={"count": len(unacked) - len(handed_back), "undecided": len(undecided)},
+            )
+        if undecided:
+            # Handed to a prefork child that may be running it: kept for now, given back only
+            # if it has not started (nor finished) by then.
+            self.channel.settling.recheck_later(undecided, HANDOFF_GRACE)
         try:
             self.channel._release(handed_back, started=False)
         except psycopg.Error as exc:
