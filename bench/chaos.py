@@ -26,7 +26,7 @@ from bench.chaos_faults import SCENARIOS, FaultContext
 from bench.chaos_load import Producer, Sampler
 from bench.chaos_report import ScenarioResult, details, judge, scenario_table, table_sizes
 from bench.chaos_server import PrivateServer, connect, private_server, scalar
-from bench.chaos_tally import Phases, log_summary, tally
+from bench.chaos_tally import Phases, leftover_messages, log_summary, tally
 from bench.chaos_workers import Fleet
 from bench.environment import machine
 
@@ -49,12 +49,13 @@ class Options:
     layout: list[str]
     overload_factor: float
     drain_timeout: float
+    log_level: str
 
     def worker_env(self) -> dict[str, str]:
         return {
             "PGCELERY_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "PGCELERY_METRICS_ENABLED": "false",
-            "PGCELERY_LOG_LEVEL": "WARNING",
+            "PGCELERY_LOG_LEVEL": self.log_level,
             "PGCELERY_SOFT_SHUTDOWN_TIMEOUT": "5",
         }
 
@@ -109,10 +110,9 @@ def calibrate(server: PrivateServer, options: Options, log_root: Path, tasks: in
 
 
 def run_scenario(
-    server: PrivateServer, name: str, options: Options, capacity: float, log_root: Path
+    server: PrivateServer, name: str, options: Options, capacity: float, log_dir: Path
 ) -> ScenarioResult:
-    url = server.fresh_database(f"chaos_{name.replace('-', '_')}")
-    log_dir = log_root / name
+    url = server.fresh_database(f"chaos_{log_dir.name.replace('-', '_')}")
     log_dir.mkdir()
     fleet = Fleet(url, log_dir, options.worker_env(), options.layout)
     fleet.start()
@@ -151,6 +151,7 @@ def run_scenario(
         pids_by_slot,
         stall_window=min(10.0, options.recovery),
     )
+    leftover = leftover_messages(url)
     server.drop_database(url)
     result = ScenarioResult(
         name=name,
@@ -163,6 +164,7 @@ def run_scenario(
         publish_errors=producer.errors,
         log_lines=log_summary(log_dir),
         drain_seconds=drain_seconds,
+        leftover=leftover,
     )
     judge(result, options.visibility_timeout + 5)
     say(f"{name}: {'targets met' if not result.failures else '; '.join(result.failures)}")
@@ -188,7 +190,15 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         "--capacity", type=float, help="tasks/s the fleet completes (measured when not given)"
     )
     parser.add_argument("--calibration-tasks", type=int, default=3000)
-    parser.add_argument("--drain-timeout", type=float, default=90.0, help="seconds")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the queue to empty once the producer stopped",
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="workers' log level (INFO names every task)"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
@@ -203,6 +213,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         layout=args.workers.split(","),
         overload_factor=args.overload_factor,
         drain_timeout=args.drain_timeout,
+        log_level=args.log_level.upper(),
     )
     return args, options
 
@@ -221,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"calibrating: {args.calibration_tasks} tasks from a full queue")
             capacity = calibrate(server, options, log_root, args.calibration_tasks)
         capacity = capacity or 0.0
-        results = [run_scenario(server, name, options, capacity, log_root) for name in names]
+        results = [
+            run_scenario(server, name, options, capacity, log_root / f"{i:02d}-{name}")
+            for i, name in enumerate(names, 1)
+        ]
     took = time.monotonic() - started
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# make chaos, {when}\n")
@@ -244,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table_sizes(results))
     print()
     print(details(results))
+    met = sum(1 for r in results if not r.failures)
+    print(f"\nTargets met in {met} of {len(results)} scenarios.")
     return 1 if any(r.failures for r in results) else 0
 
 

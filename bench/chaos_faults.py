@@ -97,19 +97,21 @@ def terminate_storm(ctx: FaultContext, until: float) -> tuple[float, str]:
 def pool_exhaustion(ctx: FaultContext, until: float) -> tuple[float, str]:
     """Take every connection slot the server has left, hold them, then let them all go."""
     held: list[psycopg.Connection[Any]] = []
-    refused = ""
+    refused = "never refused"
     try:
         while time.monotonic() < until:
             try:
                 held.append(connect(ctx.url, timeout=2))
             except psycopg.OperationalError as exc:
-                refused = str(exc).strip().splitlines()[-1]
+                reasons = ("too many clients", "slots are reserved")
+                found = [r for r in reasons if r in str(exc)]
+                refused = f"then {found[0] if found else 'refused'}"
                 break
         _sleep_until(until)
     finally:
         for conn in held:
             conn.close()
-    return time.time(), f"held {len(held)} ({refused[:60]})"
+    return time.time(), f"held {len(held)} connections, {refused}"
 
 
 def postgres_restart(ctx: FaultContext, until: float) -> tuple[float, str]:

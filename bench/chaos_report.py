@@ -21,6 +21,7 @@ class ScenarioResult:
     publish_errors: dict[str, int]
     log_lines: list[tuple[int, str]]
     drain_seconds: float
+    leftover: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
@@ -34,6 +35,8 @@ def judge(result: ScenarioResult, recovery_limit: float) -> None:
     if result.own_exits:
         exits = ", ".join(f"{e.slot} rc={e.returncode}" for e in result.own_exits)
         result.failures.append(f"workers exited on their own: {exits}")
+    if result.leftover:
+        result.failures.append(f"{len(result.leftover)} messages never acked (left in the queue)")
     if tally.recovery is None:
         result.failures.append("did not recover: a task produced before the fault ended never ran")
     elif tally.recovery > recovery_limit:
@@ -52,8 +55,8 @@ def scenario_table(results: list[ScenarioResult]) -> str:
     lines = [
         "| scenario | fault | produced | lost | duplicates (allowed) | failed publishes (ran) "
         "| done/s warm-up / fault / recovery | recovery s | own exits | stalled "
-        "| peak backlog | targets |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        "| peak backlog | left in queue | targets |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         t = r.tally
@@ -63,7 +66,8 @@ def scenario_table(results: list[ScenarioResult]) -> str:
             f"| {r.name} | {r.detail} | {t.produced:,} | {t.lost} "
             f"| {t.duplicates} ({t.allowed_duplicates}) "
             f"| {t.failed_publishes} ({t.failed_publishes_ran}) | {rates} | {_recovery(t)} "
-            f"| {len(r.own_exits)} | {len(t.stalled)} | {r.peak_backlog:,} | {verdict} |"
+            f"| {len(r.own_exits)} | {len(t.stalled)} | {r.peak_backlog:,} | {len(r.leftover)} "
+            f"| {verdict} |"
         )
     return "\n".join(lines)
 
@@ -88,6 +92,10 @@ def details(results: list[ScenarioResult]) -> str:
     for r in results:
         out.append(f"### {r.name}")
         out.append(f"- drain after the producer stopped: {r.drain_seconds:.1f} s")
+        for example in r.tally.duplicate_examples:
+            out.append(f"- duplicate: {example}")
+        for message in r.leftover[:5]:
+            out.append(f"- left in the queue after the drain: {message}")
         for failure in r.failures:
             out.append(f"- NOT MET: {failure}")
         if r.tally.stalled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class Tally:
     recovery: float | None  # None: a task produced before the fault ended never ran
     stalled: list[str] = field(default_factory=list)
     lost_examples: list[str] = field(default_factory=list)
+    duplicate_examples: list[str] = field(default_factory=list)
 
     @property
     def unexplained_duplicates(self) -> int:
@@ -75,12 +77,21 @@ def tally(
     produced = {s.task_id: s.at for s in sent}
     lost = [task_id for task_id in produced if task_id not in runs]
     duplicates = allowed = 0
+    examples: list[str] = []
     for task_id in produced:
         copies = runs.get(task_id, [])
         if len(copies) > 1:
             duplicates += len(copies) - 1
             # Each earlier copy run by a killed process explains one later copy.
-            allowed += sum(1 for _, pid in copies[:-1] if pid in killed_pids)
+            explained = sum(1 for _, pid in copies[:-1] if pid in killed_pids)
+            allowed += explained
+            if explained < len(copies) - 1 and len(examples) < 3:
+                ran = ", ".join(
+                    f"{time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 1000):03d} "
+                    f"pid {pid}"
+                    for at, pid in copies
+                )
+                examples.append(f"{task_id} ran at {ran} (UTC)")
     first = {task_id: runs[task_id][0][0] for task_id in produced if task_id in runs}
     windows = (
         (phases.warmup, phases.fault),
@@ -111,13 +122,34 @@ def tally(
         recovery=recovery,
         stalled=stalled,
         lost_examples=lost[:3],
+        duplicate_examples=examples,
     )
+
+
+def leftover_messages(url: str) -> list[str]:
+    """Task messages still in ``kombu_message`` after the drain, and whether each task ran."""
+    with connect(url, timeout=30) as conn:
+        rows = conn.execute(
+            "WITH left_over AS (SELECT m.id, m.deliveries, m.lease_token IS NOT NULL AS leased,"
+            " extract(epoch FROM m.visible_at - now())::float8 AS visible_in,"
+            " m.payload::json -> 'headers' ->> 'id' AS task_id"
+            " FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+            " WHERE q.name = 'celery')"
+            " SELECT l.id, l.deliveries, l.leased, l.visible_in, l.task_id,"
+            " (SELECT count(*) FROM chaos_runs r WHERE r.task_id = l.task_id)"
+            " FROM left_over l ORDER BY l.id"
+        ).fetchall()
+    return [
+        f"message {mid}: task {task_id}, {deliveries} deliveries, "
+        f"{'leased' if leased else 'not leased'}, visible in {visible_in:.1f} s, ran {ran}x"
+        for mid, deliveries, leased, visible_in, task_id, ran in rows
+    ]
 
 
 _VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|0x[0-9a-f]+|\d+(\.\d+)?")
 
 
-def log_summary(log_dir: Path, top: int = 4) -> list[tuple[int, str]]:
+def log_summary(log_dir: Path, top: int = 8) -> list[tuple[int, str]]:
     """The most frequent WARNING-or-worse lines of the workers' logs, numbers blanked out."""
     counts: Counter[str] = Counter()
     for path in sorted(log_dir.glob("*.log")):
@@ -135,5 +167,7 @@ def log_summary(log_dir: Path, top: int = 4) -> list[tuple[int, str]]:
                 continue
             message = (str(record.get("message") or "").splitlines() or [""])[0]
             key = f"{record['level']} {record.get('logger', '?')}: {message}"
+            if record.get("error"):
+                key += f" ({record['error']})"
             counts[_VARYING.sub("#", key)[:140]] += 1
     return counts.most_common(top)

@@ -50,7 +50,7 @@ class Slot:
         celery = str(Path(sys.executable).parent / "celery")
         return [
             celery, "-A", "bench.chaos_app", "worker", *POOLS[self.pool],
-            "-n", f"{self.name}@%h", "-l", "WARNING",
+            "-n", f"{self.name}@%h", "-l", self.env.get("PGCELERY_LOG_LEVEL", "WARNING"),
         ]  # fmt: skip
 
     def start(self) -> None:
