@@ -150,6 +150,7 @@ def run_scenario(
         phases,
         pids_by_slot,
         stall_window=min(10.0, options.recovery),
+        pid_names=fleet.pid_names,
     )
     leftover = leftover_messages(url)
     server.drop_database(url)

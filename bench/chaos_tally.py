@@ -72,6 +72,7 @@ def tally(
     phases: Phases,
     pids_by_slot: dict[str, set[int]],
     stall_window: float,
+    pid_names: dict[int, str],
 ) -> Tally:
     runs = _runs(url)
     produced = {s.task_id: s.at for s in sent}
@@ -88,7 +89,7 @@ def tally(
             if explained < len(copies) - 1 and len(examples) < 3:
                 ran = ", ".join(
                     f"{time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 1000):03d} "
-                    f"pid {pid}"
+                    f"pid {pid} ({pid_names.get(pid, '?')})"
                     for at, pid in copies
                 )
                 examples.append(f"{task_id} ran at {ran} (UTC)")

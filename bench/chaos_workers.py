@@ -82,6 +82,8 @@ class Fleet:
     slots: list[Slot] = field(default_factory=list)
     killed_pids: set[int] = field(default_factory=set)
     own_exits: list[OwnExit] = field(default_factory=list)
+    #: Every worker process seen, pool children included: who ran a task, for the report.
+    pid_names: dict[int, str] = field(default_factory=dict)
     kills: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,10 +108,16 @@ class Fleet:
         for slot in self.slots:
             slot.start()
 
+    def _note(self, slot: Slot, pids: set[int]) -> None:
+        for pid in pids:
+            main = slot.proc is not None and pid == slot.proc.pid
+            self.pid_names.setdefault(pid, slot.name if main else f"{slot.name} child")
+
     def kill(self, slot: Slot) -> None:
         """SIGKILL the slot's worker and its pool children at once."""
         with self._lock:
             pids = slot.pids()
+            self._note(slot, pids)
             slot.expected_exit = True
             self.killed_pids |= pids
             self.kills += 1
@@ -139,6 +147,7 @@ class Fleet:
         """Count and restart workers that exited on their own (call this often)."""
         with self._lock:
             for slot in self.slots:
+                self._note(slot, slot.pids())
                 proc = slot.proc
                 if proc is None or slot.expected_exit or proc.poll() is None:
                     continue
