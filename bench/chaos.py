@@ -16,6 +16,7 @@ Quick run: ``make chaos CHAOS_ARGS="--scenarios worker-sigkill --warmup 5 --faul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -115,32 +116,35 @@ def run_scenario(
     url = server.fresh_database(f"chaos_{log_dir.name.replace('-', '_')}")
     log_dir.mkdir()
     fleet = Fleet(url, log_dir, options.worker_env(), options.layout)
-    fleet.start()
-    _wait_ready(url, fleet)
     overload_rate = capacity * options.overload_factor
     producer = Producer(
         url, options.rate, options.task_sleep, max_rate=max(options.rate, overload_rate)
     )
     sampler = Sampler(url, fleet)
     context = FaultContext(server, url, fleet, producer, options.rate, overload_rate)
-    sampler.start()
-    producer.start()
-    warmup = time.time()
-    say(f"{name}: warm-up {options.warmup:.0f} s")
-    time.sleep(options.warmup)
-    fault = time.time()
-    say(f"{name}: fault {options.fault:.0f} s")
-    fault_ended, detail = SCENARIOS[name](context, time.monotonic() + options.fault)
-    recovery = time.time()
-    say(f"{name}: recovery {options.recovery:.0f} s ({detail})")
-    time.sleep(options.recovery)
-    pids_by_slot = fleet.pids_by_slot()
-    producer.stop()
-    stopped = time.time()
-    drain_seconds = _drain(url, options.drain_timeout)
-    drained = time.time()
-    sampler.stop()
-    fleet.stop()
+    with contextlib.ExitStack() as cleanup:
+        # Interrupted (Ctrl-C) or failed: no worker or thread outlives the scenario.
+        cleanup.callback(fleet.stop)
+        fleet.start()
+        _wait_ready(url, fleet)
+        cleanup.callback(sampler.stop)
+        sampler.start()
+        cleanup.callback(producer.stop)
+        producer.start()
+        warmup = time.time()
+        say(f"{name}: warm-up {options.warmup:.0f} s")
+        time.sleep(options.warmup)
+        fault = time.time()
+        say(f"{name}: fault {options.fault:.0f} s")
+        fault_ended, detail = SCENARIOS[name](context, time.monotonic() + options.fault)
+        recovery = time.time()
+        say(f"{name}: recovery {options.recovery:.0f} s ({detail})")
+        time.sleep(options.recovery)
+        pids_by_slot = fleet.pids_by_slot()
+        producer.stop()
+        stopped = time.time()
+        drain_seconds = _drain(url, options.drain_timeout)
+        drained = time.time()
     phases = Phases(warmup, fault, recovery, stopped, drained, fault_ended)
     counted = tally(
         url,

@@ -41,7 +41,8 @@ RATE_PER_THREAD = 150.0
 @dataclass(frozen=True)
 class Sent:
     task_id: str
-    at: float
+    due: float  # when the timetable wanted it sent (wall clock)
+    at: float  # when send_task returned or raised
 
 
 class Producer:
@@ -59,6 +60,7 @@ class Producer:
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._wall_offset = time.time() - time.monotonic()
 
     def start(self) -> None:
         for k in range(self.threads):
@@ -67,6 +69,8 @@ class Producer:
             self._workers.append(thread)
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         for thread in self._workers:
             thread.join(60)
@@ -79,20 +83,20 @@ class Producer:
             if wait > 0:
                 self._stop.wait(wait)
                 continue
-            self._send_one()
+            self._send_one(due + self._wall_offset)
             due += self.threads / self.rate
 
-    def _send_one(self) -> None:
+    def _send_one(self, due: float) -> None:
         task_id = str(uuid.uuid4())
         seq = next(self._seq)
         try:
             self.app.send_task(TASK_NAME, args=(seq, self.task_sleep), task_id=task_id)
         except Exception as exc:  # counted and reported: the fault reached the caller
-            self.failed.append(Sent(task_id, time.time()))
+            self.failed.append(Sent(task_id, due, time.time()))
             kind = type(exc).__name__
             self.errors[kind] = self.errors.get(kind, 0) + 1
             return
-        self.sent.append(Sent(task_id, time.time()))
+        self.sent.append(Sent(task_id, due, time.time()))
 
 
 @dataclass
@@ -124,6 +128,8 @@ class Sampler:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)

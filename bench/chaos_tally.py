@@ -4,8 +4,9 @@
 ``chaos_runs`` after the drain is *lost*; every row beyond the first of an id is a
 *duplicate*. A duplicate is *allowed* when the run before it happened in a process the harness
 SIGKILLed: that task finished but its ack died with the process, the one re-run at-least-once
-permits. Recovery is the time from the end of the fault until the last task produced before
-that moment had run (first run): it covers redelivery of leased messages and the backlog drain.
+permits. Recovery is the time from the end of the fault until every task the producer's
+timetable had due before that moment has run (its first run): it covers redelivery of leased
+messages, tasks the producer could only send late, and the drain of the backlog.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def tally(
     pid_names: dict[int, str],
 ) -> Tally:
     runs = _runs(url)
-    produced = {s.task_id: s.at for s in sent}
+    produced = {s.task_id: s.due for s in sent}
     lost = [task_id for task_id in produced if task_id not in runs]
     duplicates = allowed = 0
     examples: list[str] = []
@@ -103,7 +104,7 @@ def tally(
         sum(1 for at in first.values() if start <= at < end) / max(end - start, 1e-9)
         for start, end in windows
     )
-    before = [task_id for task_id, at in produced.items() if at < phases.fault_ended]
+    before = [task_id for task_id, due in produced.items() if due < phases.fault_ended]
     recovery: float | None = None
     if all(task_id in first for task_id in before):
         last = max((first[task_id] for task_id in before), default=phases.fault_ended)
