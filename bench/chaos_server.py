@@ -12,6 +12,7 @@ connections included).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -96,12 +97,15 @@ class PrivateServer:
 
 @contextlib.contextmanager
 def private_server() -> Iterator[PrivateServer]:
+    """The server, stopped and its data directory removed afterwards (its log and the workers'
+    logs stay, next to where the data was)."""
     server = PrivateServer()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(server.server.datadir, ignore_errors=True)
 
 
 def scalar(url: str, query: str, default: int = 0) -> int:
