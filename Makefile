@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: install run test lint typecheck bench soak celery-suite docs pipcheck audit lock clean
+.PHONY: install run test lint typecheck bench soak chaos celery-suite docs pipcheck audit lock clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -48,6 +48,9 @@ bench: install  ## pgcelery vs stock kombu sqla vs Redis, side by side
 
 soak: install  ## 20,000 tasks through the Procfile worker, RSS sampled (not in `make test`)
 	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
+
+chaos: install  ## faults under load: killed workers, dropped backends, restarts (not in `make test`)
+	$(VENV)/bin/python -m bench.chaos $(CHAOS_ARGS)
 
 celery-suite: install  ## Celery's own t/integration/test_tasks.py on pgcelery (needs PyPI; not in `make test`)
 	$(VENV)/bin/python -m bench.celery_suite $(CELERY_SUITE_ARGS)
