@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 
 from pgcelery import dsn
 from pgcelery.scheduling.schedule import default_schedule
@@ -50,6 +52,9 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # A task running when the connection drops runs on: its message stays leased and is
+        # acked when it finishes (pgcelery.broker.settling), so cancelling it would lose work.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_channel_error_retry": True,
         # A producer rides out a short database restart (about 5 s) instead of failing the
         # caller at once; after that apply_async raises and the caller knows nothing was sent.
@@ -125,6 +130,11 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     redaction.register_url(settings.database_url)
     json_logging.configure(settings.log_format)
     json_logging.install()
+    # Celery warns on every reconnect that this default will change in Celery 6; pgcelery sets
+    # it on purpose (above), so the warning only fills the logs of a worker riding out outages.
+    warnings.filterwarnings(
+        "ignore", message=r"\s*In Celery 5\.1 we introduced", category=CPendingDeprecationWarning
+    )
     signals.install()
     app.pgcelery_observability = True
     health.add_check("listener", _listener_health)

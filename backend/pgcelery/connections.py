@@ -64,4 +64,6 @@ def reset(conninfo: str) -> None:
     with _LOCK:
         found = [_POOLS.pop(key) for key in list(_POOLS) if key[:2] == (os.getpid(), conninfo)]
     for stale in found:
-        stale.close(timeout=0)
+        # In the background: closing waits for the pool's worker threads, and a result store
+        # that failed must not wait for that (nor log a warning per thread, as timeout=0 does).
+        threading.Thread(target=stale.close, name="pgcelery-pool-close", daemon=True).start()
