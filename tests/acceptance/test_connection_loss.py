@@ -9,11 +9,13 @@ when the task finishes. Executions are counted in a table.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from celery import Celery
 
 from pgcelery import create_app
 from pgcelery.embedded import EmbeddedPostgres
@@ -126,3 +128,49 @@ def test_postgres_restart_runs_a_running_task_once(
         server.start()
 
     _run_through_fault(url, pool, restart)
+
+
+def test_a_terminate_storm_under_load_runs_every_task_once(runs_app: Celery, runs_db: str) -> None:
+    """Every backend of the database terminated every half second while tasks flow through a
+    prefork and a threads worker: each task runs exactly once and none is left behind."""
+    total = 200
+    prefork = [*_worker("prefork"), "-n", "storm-prefork@%h"]
+    threads = [*_worker("threads"), "-n", "storm-threads@%h"]
+    with worker_process(runs_db, prefork, ENV) as one, worker_process(runs_db, threads, ENV):
+        sent = 0
+        deadline = time.monotonic() + 30
+        while sent < total:
+            for _ in range(20):
+                runs_app.send_task("tests.record_run", args=(f"storm{sent}", 0.05))
+                sent += 1
+            _terminate_every_other_backend(runs_db)
+            time.sleep(0.5)  # the storm's rhythm, not a wait for a condition
+            assert time.monotonic() < deadline
+        try:
+            wait_until(
+                lambda: _all_done(runs_db, total), timeout=120, interval=0.2, what="every task"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {_left(runs_db)}\n{one.output()[-4000:]}") from None
+    assert scalar(runs_db, "SELECT count(*) FROM test_runs") == total
+
+
+def _all_done(url: str, total: int) -> bool:
+    ran = scalar(url, "SELECT count(DISTINCT label) FROM test_runs")
+    return ran == total and scalar(url, "SELECT count(*) FROM kombu_message") == 0
+
+
+def _left(url: str) -> str:
+    with psycopg.connect(libpq(url)) as conn:
+        ran = conn.execute("SELECT count(DISTINCT label), count(*) FROM test_runs").fetchone()
+        left = conn.execute(
+            "SELECT id, deliveries, lease_token IS NOT NULL, visible_at - now(), claimed_by"
+            " FROM kombu_message"
+        ).fetchall()
+        dead = conn.execute(
+            "SELECT reason, deliveries, task_id FROM pgcelery_dead_letter"
+        ).fetchall()
+        states = conn.execute(
+            "SELECT status, count(*) FROM celery_taskmeta GROUP BY status"
+        ).fetchall()
+    return f"ran (distinct, all) {ran}; left in the queue {left}; dead {dead}; results {states}"
