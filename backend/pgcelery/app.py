@@ -107,10 +107,12 @@ def create_app(
 
 
 def _install_app_hooks(app: Celery, settings: Settings) -> None:
-    """Per app: the result backend, tenant scoping, observability and worker heartbeats."""
+    """Per app: the result backend, tenant scoping, observability, worker heartbeats and the
+    workers' pruner."""
     from pgcelery.observability import heartbeat, redaction, server, signals
     from pgcelery.observability import logging as json_logging
     from pgcelery.results import backend
+    from pgcelery.scheduling import pruning
     from pgcelery.tenancy import tasks as tenant_tasks
 
     backend.install(app)
@@ -122,3 +124,4 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     app.pgcelery_observability = True
     server.install(app)
     heartbeat.install(app)
+    pruning.install(app)

@@ -119,6 +119,17 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds a standby beat waits between attempts to become the leader.",
     )
+    prune_interval: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between a worker's prune passes over pgcelery's tables; 0: never.",
+    )
+    beat_entry_retention: float = Field(
+        default=2_592_000.0,
+        gt=0,
+        description="Seconds after its last run that the row of a removed beat entry is deleted.",
+    )
     metrics_enabled: bool = Field(default=True)
     metrics_host: str = Field(default="0.0.0.0")
     metrics_port: int = Field(default=9808, ge=0, le=65535)
