@@ -66,7 +66,11 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False)
+    # No prune passes in in-process workers: one at a random moment would race the stale rows
+    # a test inserts on purpose. tests/integration/test_pruning.py runs its passes itself.
+    return Settings(
+        DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False, PGCELERY_PRUNE_INTERVAL=0
+    )
 
 
 @pytest.fixture

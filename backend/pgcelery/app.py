@@ -118,10 +118,12 @@ def create_app(
 
 
 def _install_app_hooks(app: Celery, settings: Settings) -> None:
-    """Per app: the result backend, tenant scoping, observability and worker heartbeats."""
+    """Per app: the result backend, tenant scoping, observability, worker heartbeats and the
+    workers' pruner."""
     from pgcelery.observability import health, heartbeat, redaction, server, signals
     from pgcelery.observability import logging as json_logging
     from pgcelery.results import backend, dead_letters
+    from pgcelery.scheduling import pruning
     from pgcelery.tenancy import tasks as tenant_tasks
 
     backend.install(app)
@@ -140,6 +142,7 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     health.add_check("listener", _listener_health)
     server.install(app)
     heartbeat.install(app)
+    pruning.install(app)
 
 
 def _listener_health(settings: Settings) -> tuple[bool, str]:

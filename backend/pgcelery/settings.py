@@ -137,6 +137,22 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a stalled beat leader keeps leadership before the server ends it.",
     )
+    prune_interval: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between a worker's prune passes over pgcelery's tables; 0: never.",
+    )
+    dead_letter_retention: float = Field(
+        default=1_209_600.0,
+        ge=0,
+        description="Seconds dead letters are kept before the workers delete them; 0: for ever.",
+    )
+    beat_entry_retention: float = Field(
+        default=2_592_000.0,
+        gt=0,
+        description="Seconds after its last run that the row of a removed beat entry is deleted.",
+    )
     metrics_enabled: bool = Field(default=True)
     metrics_host: str = Field(default="0.0.0.0")
     metrics_port: int = Field(default=9808, ge=0, le=65535)

@@ -2,7 +2,8 @@
 
 Owns pgcelery's kombu transport (``transport``) and its channel (``channel``): publishing,
 ``FOR UPDATE SKIP LOCKED`` claims (``message_sql``), lease renewal (``leases``), acks that delete
-(``acks``), shared bindings and the fanout log (``bindings``, ``broadcast``), the process-wide
+(``acks``), shared bindings and the fanout log (``bindings``, ``broadcast``), the rows of
+per-consumer queues and the fence that lets them be pruned (``queue_rows``), the process-wide
 ``LISTEN`` connection (``listener``) and enqueue inside the caller's transaction
 (``transactional``).
 

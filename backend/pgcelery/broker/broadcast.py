@@ -8,8 +8,9 @@ binding matches: exactly once per binding. Ids become visible in id order (an ad
 taken by the table's statement trigger, see revision 0004), so a reader never skips a row.
 
 Retention is bounded by age and by row count, pruned by publishers every ``prune_every``
-publications: a consumer that falls further behind than that loses the oldest broadcasts (as a
-Redis pub/sub subscriber would) and logs ``pgcelery.broadcast.gap``.
+publications and by the workers' pruner (:mod:`pgcelery.scheduling.pruning`): a consumer that
+falls further behind than that loses the oldest broadcasts (as a Redis pub/sub subscriber
+would) and logs ``pgcelery.broadcast.gap``.
 
 Reply queues (``*.reply.celery.pidbox``) are not broadcast: they are direct, so the worker
 routes a reply through :mod:`pgcelery.broker.bindings` into the ordinary message table.
@@ -30,7 +31,7 @@ from kombu.transport.virtual.exchange import DirectExchange, FanoutExchange, Top
 from kombu.utils.json import dumps, loads
 
 from pgcelery.broker import listener
-from pgcelery.broker.bindings import BindingRegistry
+from pgcelery.broker.bindings import BindingRegistry, Execute
 from pgcelery.schema.tables import BROADCAST_CHANNEL, Names
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ class ChannelBroadcast:
             row = (exchange, queue, routing_key or "")
             self.registry.register(self._channel._execute, [row])
             self._registered[row] = None
+            # Look the id up again now that the binding is committed: the cached one may be of
+            # a row pruned while this queue had no binding (pgcelery.broker.queue_rows).
+            self._channel._queue_ids.pop(queue, None)
 
     def consume(self, queue: str) -> bool:
         """Start reading ``queue``'s bindings from the log; False if it is an ordinary queue."""
@@ -313,14 +317,9 @@ class ChannelBroadcast:
     def prune(self) -> int:
         """Drop broadcasts beyond the row limit or older than the age limit; returns the count."""
         channel = self._channel
-        table = channel.names.broadcast
-        cur = channel._execute(
-            f"DELETE FROM {table} WHERE id <= greatest("
-            f" (SELECT max(id) FROM {table}) - %s,"
-            f" (SELECT max(id) FROM {table} WHERE created_at < now() - make_interval(secs => %s)))",
-            (channel.broadcast_max_rows, channel.broadcast_max_age),
+        return prune_broadcasts(
+            channel._execute, channel.names, channel.broadcast_max_rows, channel.broadcast_max_age
         )
-        return cur.rowcount
 
     def close(self) -> None:
         if self._subscribed:
@@ -335,6 +334,22 @@ class ChannelBroadcast:
         self._queues.clear()
 
 
+def prune_broadcasts(execute: Execute, names: Names, max_rows: int, max_age: float) -> int:
+    """Delete the broadcasts beyond the newest ``max_rows`` or older than ``max_age`` seconds.
+
+    Publishers run this every ``prune_every`` publications; the workers' pruner
+    (:mod:`pgcelery.scheduling.pruning`) too, for a log that nobody publishes to any more.
+    """
+    table = names.broadcast
+    cur = execute(
+        f"DELETE FROM {table} WHERE id <= greatest("
+        f" (SELECT max(id) FROM {table}) - %s,"
+        f" (SELECT max(id) FROM {table} WHERE created_at < now() - make_interval(secs => %s)))",
+        (max_rows, max_age),
+    )
+    return cur.rowcount
+
+
 # -- exchange types -------------------------------------------------------------------------
 
 
@@ -347,7 +362,12 @@ class PgDirectExchange(DirectExchange):
         if not queues and exchange:
             queues = channel.broadcast.remote_direct(exchange, routing_key)
         for queue in queues:
-            channel._put(queue, message, **kwargs)
+            try:
+                channel._put(queue, message, **kwargs)
+            except psycopg.errors.ForeignKeyViolation:
+                # The queue's consumer left and its row was pruned between our lookup and this
+                # insert: a message to a deleted queue is dropped, as on any broker.
+                log.info("pgcelery.broadcast.queue_gone", extra={"queue": queue})
 
 
 class PgTopicExchange(TopicExchange):

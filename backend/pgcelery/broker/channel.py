@@ -28,6 +28,7 @@ from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
+from pgcelery.broker.queue_rows import resolve_fenced
 from pgcelery.broker.settling import Settling
 from pgcelery.schema.tables import Names
 
@@ -141,16 +142,17 @@ class Channel(virtual.Channel):
 
         Always on the channel's own autocommit connection, never in a caller's transaction
         (``enqueue_in``): a queue row created there would block every other producer of that
-        queue, this process included, until the caller commits.
+        queue, this process included, until the caller commits. Looked up under the fence the
+        pruner respects (:mod:`pgcelery.broker.queue_rows`), so the id is never of a pruned row.
         """
         found = self._queue_ids.get(queue)
         if found is not None:
             return found
-        self._execute(self.sql.create_queue, (queue, queue))
-        row = self._execute(self.sql.queue_id, (queue,))
-        found_row = row.fetchone()
-        assert found_row is not None
-        queue_id = int(found_row[0])
+        try:
+            queue_id = resolve_fenced(self._conn(), self.sql, queue)
+        except psycopg.OperationalError:
+            self._drop_connection()
+            raise
         self._queue_ids[queue] = queue_id
         self._queue_names[queue_id] = queue
         return queue_id

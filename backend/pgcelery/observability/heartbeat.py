@@ -4,7 +4,8 @@ Celery's worker events need a fanout exchange and a listener (Flower); on a Post
 node writes what an operator wants to see straight into a table instead. A worker bootstep runs
 in the node's main process only (never in prefork children), upserts the row every
 ``PGCELERY_WORKER_HEARTBEAT_INTERVAL`` seconds from a daemon thread, and deletes it on a clean
-shutdown. A row whose ``last_seen`` is old belongs to a node that died without saying so.
+shutdown. A row whose ``last_seen`` is old belongs to a node that died without saying so; the
+workers' pruner deletes it (:func:`prune_dead`, from :mod:`pgcelery.scheduling.pruning`).
 A failed beat is logged and retried at the next interval: the database being away must never
 stop a worker.
 """
@@ -17,6 +18,7 @@ import threading
 from typing import Any
 
 import celery
+import psycopg
 from celery import Celery, bootsteps
 
 from pgcelery import connections, dsn
@@ -24,6 +26,21 @@ from pgcelery.schema.tables import Names
 from pgcelery.settings import settings_of
 
 log = logging.getLogger(__name__)
+
+
+#: A row not refreshed for this many heartbeat intervals belongs to a node that died without
+#: saying so (SIGKILL, OOM, a lost host). A live node whose row went anyway (paused longer than
+#: that) writes it back at its next beat, started_at included.
+DEAD_AFTER_BEATS = 10
+
+
+def prune_dead(conn: psycopg.Connection[Any], names: Names, older_than: float) -> int:
+    """Delete the rows of nodes not seen for ``older_than`` seconds; returns how many."""
+    cur = conn.execute(
+        f"DELETE FROM {names.worker} WHERE last_seen < now() - make_interval(secs => %s)",
+        (older_than,),
+    )
+    return cur.rowcount
 
 
 def upsert_sql(names: Names) -> str:

@@ -1,7 +1,8 @@
 """The result backend: task states and results in ``celery_taskmeta``, woken by NOTIFY.
 
-Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits)
-and ``deferred_start`` (STARTED stored only for tasks that run long enough to be seen).
+Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits),
+``deferred_start`` (STARTED stored only for tasks that run long enough to be seen) and
+``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``,
 the broker's ``listener`` and observability's ``redaction``. Never the app factory, the CLI,

@@ -52,6 +52,25 @@ _RUN_ID_NAMESPACE = uuid.UUID("c4bed172-15d3-4460-96f1-cd18ed936849")
 _SESSION_ERRORS = (psycopg.Error, KombuOperationalError, OSError, LeadershipLost)
 
 
+def prune_removed_entries(
+    conn: psycopg.Connection[Any], names: Names, scheduled: list[str], older_than: float
+) -> int:
+    """Delete the rows of entries not in ``scheduled`` that last ran over ``older_than`` s ago.
+
+    Run by the workers' pruner with the ``beat_schedule`` of the workers' app: an entry removed
+    from the schedule keeps its row otherwise, as nothing else ever deletes one. An entry that is
+    still scheduled never loses its row however rarely it runs. ``older_than`` (30 days by
+    default) also protects an entry that beat schedules and the workers' app does not know:
+    deleting its row would restart its interval from now.
+    """
+    cur = conn.execute(
+        f"DELETE FROM {names.beat} WHERE name <> ALL(%s)"
+        " AND last_run_at < now() - make_interval(secs => %s)",
+        (scheduled, older_than),
+    )
+    return cur.rowcount
+
+
 def run_id(entry_name: str, previous_run_at: datetime) -> str:
     """The task id of the run of ``entry_name`` that follows the one at ``previous_run_at``."""
     return str(uuid.uuid5(_RUN_ID_NAMESPACE, f"{entry_name}|{previous_run_at.isoformat()}"))

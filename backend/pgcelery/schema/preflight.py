@@ -19,6 +19,9 @@ from pgcelery.exceptions import ConfigurationError, SchemaError
 from pgcelery.schema.check import inspect_schema
 from pgcelery.schema.tables import (
     BEAT_TABLE,
+    BINDING_TABLE,
+    BROADCAST_TABLE,
+    DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
     QUEUE_TABLE,
@@ -40,12 +43,15 @@ class Exit(IntEnum):
 
 #: What a worker, a producer and beat do to each table; the migrations grant exactly this.
 REQUIRED_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
-    QUEUE_TABLE: ("SELECT", "INSERT"),
+    QUEUE_TABLE: ("SELECT", "INSERT", "DELETE"),
     MESSAGE_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     TASK_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     GROUP_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     WORKER_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
-    BEAT_TABLE: ("SELECT", "INSERT", "UPDATE"),
+    BEAT_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    BROADCAST_TABLE: ("SELECT", "INSERT", "DELETE"),
+    BINDING_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    DEAD_LETTER_TABLE: ("SELECT", "INSERT", "DELETE"),
 }
 REQUIRED_SEQUENCES = (
     "queue_id_sequence",

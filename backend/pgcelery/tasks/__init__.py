@@ -4,6 +4,7 @@ Owns the built-in task modules every ``create_app`` app includes (``housekeeping
 ``maintenance``, with ``maintenance_registry`` for the host's per-tenant handlers) and the
 task-writing helpers ``retries`` (backoff with jitter) and ``async_tasks`` (coroutines as tasks).
 
-May import: ``pgcelery.exceptions``, ``settings``, ``pgcelery.schema`` and tenancy. Never the app
-factory (a task module is imported by it), the CLI or the dashboard.
+May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``pgcelery.schema``, tenancy and the
+results' ``retention``. Never the app factory (a task module is imported by it), the CLI or the
+dashboard.
 """

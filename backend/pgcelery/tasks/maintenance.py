@@ -9,13 +9,14 @@ set; run them through a role that row-level security does not limit. The tenant 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Task, shared_task
 
+from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
+from pgcelery.results.retention import PRUNE_BATCH, expiry_seconds, prune_expired
 from pgcelery.schema.tables import Names
 from pgcelery.settings import settings_of
 from pgcelery.tasks.maintenance_registry import Purpose, handlers
@@ -23,9 +24,6 @@ from pgcelery.tenancy import db
 from pgcelery.tenancy.tasks import GlobalTask, tenant_task
 
 log = logging.getLogger(__name__)
-
-#: Rows deleted per statement: small enough that no statement holds locks for long.
-PRUNE_BATCH = 1000
 
 # The catalog quotes the name itself (format %I), so no configured text ever reaches SQL.
 _VIEW_INFO = sa.text(
@@ -75,40 +73,20 @@ def refresh_materialized_views(self: Task) -> dict[str, list[str]]:
     return report
 
 
-def _expiry_seconds(expires: Any) -> float:
-    if isinstance(expires, timedelta):
-        return expires.total_seconds()
-    return float(expires or 0)
-
-
 @shared_task(name="maintenance.prune_results", bind=True, base=GlobalTask)
 def prune_results(self: Task, batch_size: int = PRUNE_BATCH) -> dict[str, int]:
     """Delete task and group results older than ``result_expires``, in short batches.
 
-    Each batch is its own transaction and skips rows another transaction has locked, so pruning
-    never blocks workers storing results. The cutoff is computed by the database, whose clock
-    also stamped ``date_done``.
+    The same deletion every worker's pruner runs without beat (``PGCELERY_PRUNE_INTERVAL``);
+    see :mod:`pgcelery.results.retention`.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
     settings = settings_of(self.app)
-    seconds = _expiry_seconds(self.app.conf.result_expires)
-    counts = {"tasks": 0, "groups": 0}
-    if seconds <= 0:  # result_expires of 0/None means keep results forever
-        return counts
-    names = Names(settings.schema_name)
-    for key, table in (("tasks", names.task), ("groups", names.group)):
-        statement = sa.text(
-            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
-            " WHERE date_done < timezone('UTC', now()) - make_interval(secs => :seconds)"
-            " ORDER BY date_done LIMIT :n FOR UPDATE SKIP LOCKED)"
-        )
-        while True:
-            with db.connection(settings) as conn:
-                deleted = conn.execute(statement, {"seconds": seconds, "n": batch_size}).rowcount
-            counts[key] += deleted
-            if deleted < batch_size:
-                break
+    counts = prune_expired(
+        dsn.libpq_url(settings.sync_url),
+        Names(settings.schema_name),
+        expiry_seconds(self.app.conf.result_expires),
+        batch_size,
+    )
     log.info("pgcelery.maintenance.results_pruned", extra=counts)
     return counts
 

@@ -1,5 +1,8 @@
 """Dead letters: messages delivered too often without an ack leave the queue for a table.
 
+Also grants the app role DELETE on ``kombu_queue`` and ``pgcelery_beat``: the workers prune
+the rows of unused reply/event queues and of removed beat entries without beat.
+
 A task that kills its worker (a segfault, the OOM killer, ``os._exit``) is never acked; its
 lease runs out and it is delivered again, for ever. ``kombu_message.deliveries`` counts the
 deliveries; past ``PGCELERY_MAX_DELIVERIES`` the worker moves the message here instead of
@@ -19,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
-from pgcelery.schema.tables import DEAD_LETTER_TABLE
+from pgcelery.schema.tables import BEAT_TABLE, DEAD_LETTER_TABLE, QUEUE_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0008_dead_letters"
@@ -52,7 +55,15 @@ def upgrade() -> None:
     op.create_index(
         "ix_pgcelery_dead_letter_dead_at", DEAD_LETTER_TABLE, ["dead_at"], schema=schema
     )
-    grant([(DEAD_LETTER_TABLE, "SELECT, INSERT, DELETE")])
+    # The workers' prune pass (pgcelery.scheduling.pruning) deletes unused reply and event
+    # queue rows and the rows of removed beat entries, as the app role.
+    grant(
+        [
+            (DEAD_LETTER_TABLE, "SELECT, INSERT, DELETE"),
+            (QUEUE_TABLE, "DELETE"),
+            (BEAT_TABLE, "DELETE"),
+        ]
+    )
 
 
 def downgrade() -> None:
