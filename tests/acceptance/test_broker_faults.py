@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 from contextlib import ExitStack
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,9 +12,9 @@ import sqlalchemy as sa
 from celery import Celery
 
 from pgcelery import create_app, dsn, enqueue_in
-from pgcelery.embedded import EmbeddedPostgres
 from pgcelery.schema import migrations
 from pgcelery.settings import Settings
+from tests.support import postgres
 from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq, scalar
 from tests.support.waiting import wait_until
@@ -75,13 +73,8 @@ def test_four_workers_5000_tasks_each_run_once(runs_app: Celery, runs_db: str) -
     assert scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 4
 
 
-def test_postgres_restart_mid_load_loses_nothing() -> None:
-    # Not tmp_path: other pytest runs as root reset its parent to 0700, locking the server out.
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="pgcelery-restart-")) / "pgdata", durable=False
-    )
-    server.start()
-    try:
+def test_postgres_restart_mid_load_loses_nothing_and_runs_nothing_twice() -> None:
+    with postgres.restartable_server("restart") as server:
         url = server.create_database("restart")
         migrations.upgrade(url)
         with psycopg.connect(libpq(url), autocommit=True) as conn:
@@ -119,6 +112,5 @@ def test_postgres_restart_mid_load_loses_nothing() -> None:
             assert one.alive()
             assert two.alive()
             wait_until(lambda: scalar(url, "SELECT count(*) FROM kombu_message") == 0, timeout=60)
+        assert scalar(url, "SELECT count(*) FROM test_runs") == 150
         app.close()
-    finally:
-        server.stop()

@@ -8,10 +8,8 @@ when the task finishes. Executions are counted in a table.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,6 +19,7 @@ from pgcelery import create_app
 from pgcelery.embedded import EmbeddedPostgres
 from pgcelery.schema import migrations
 from pgcelery.settings import Settings
+from tests.support import postgres
 from tests.support.broker_tasks import RUNS_TABLE
 from tests.support.postgres import libpq, scalar
 from tests.support.waiting import wait_until
@@ -102,19 +101,12 @@ def test_terminated_backends_run_a_running_task_once(runs_db: str, pool: str) ->
 @pytest.fixture
 def restartable_server() -> Iterator[tuple[EmbeddedPostgres, str]]:
     """A private PostgreSQL this test may stop and start, with a migrated database."""
-    # Not tmp_path: other pytest runs as root reset its parent to 0700, locking the server out.
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="pgcelery-connloss-")) / "pgdata", durable=False
-    )
-    server.start()
-    try:
+    with postgres.restartable_server("connloss") as server:
         url = server.create_database("connloss")
         migrations.upgrade(url)
         with psycopg.connect(libpq(url), autocommit=True) as conn:
             conn.execute(RUNS_TABLE)
         yield server, url
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("pool", sorted(POOLS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
@@ -16,6 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from pgcelery import connections, create_app
 from pgcelery.observability.heartbeat import Heartbeat
 from pgcelery.settings import Settings
+from tests.support.logs import captured
 from tests.support.waiting import wait_until
 
 
@@ -66,23 +66,7 @@ def test_a_worker_beats_while_it_runs_and_leaves_no_row(
     assert _rows(database_url) == []
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_a_beat_against_an_unreachable_database_is_logged_not_raised() -> None:
-    # Our own handler: the worker's logging setup may stop records before pytest's caplog.
-    # (and an earlier in-process worker leaves the level at ERROR).
-    records = _Records()
-    logger = logging.getLogger("pgcelery.observability.heartbeat")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(records)
     settings = Settings(
         DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
         PGCELERY_METRICS_ENABLED=False,
@@ -96,16 +80,13 @@ def test_a_beat_against_an_unreachable_database_is_logged_not_raised() -> None:
 
     node: Any = Node()
     node.app = app
-    try:
-        beat = Heartbeat(node)
-        assert beat.beat() is False
-        assert beat.beat() is False
-    finally:
-        app.close()
-        connections.reset(beat.conninfo)
-        logger.removeHandler(records)
-        logger.setLevel(level)
-    failures = [
-        r for r in records.records if r.getMessage().startswith("pgcelery.heartbeat.failed")
-    ]
+    with captured("pgcelery.observability.heartbeat") as records:
+        try:
+            beat = Heartbeat(node)
+            assert beat.beat() is False
+            assert beat.beat() is False
+        finally:
+            app.close()
+            connections.reset(beat.conninfo)
+    failures = [r for r in records if r.getMessage().startswith("pgcelery.heartbeat.failed")]
     assert len(failures) == 1, "an outage is logged once, not at every beat"

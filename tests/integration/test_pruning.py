@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -26,6 +25,7 @@ from pgcelery.scheduling.pruning import (
 from pgcelery.schema import migrations
 from pgcelery.settings import Settings
 from tests.support import postgres
+from tests.support.logs import captured
 from tests.support.postgres import libpq
 from tests.support.schemas import login_role, url_as
 from tests.support.waiting import wait_until
@@ -339,21 +339,7 @@ def test_a_worker_prunes_on_its_own_every_interval(database_url: str) -> None:
         app.close()
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_a_pass_against_an_unreachable_database_is_logged_once_not_raised() -> None:
-    records = _Records()
-    logger = logging.getLogger("pgcelery.scheduling.pruning")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(records)
     settings = Settings(
         DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
         metrics_enabled=False,
@@ -362,14 +348,13 @@ def test_a_pass_against_an_unreachable_database_is_logged_once_not_raised() -> N
     app = create_app("pgcelery-test", settings=settings)
     pruner = Pruner(app, "unreachable@test")
     conninfo = PruneConfig.of(app).conninfo
-    try:
-        assert pruner.run_once() is None
-        assert pruner.run_once() is None
-    finally:
-        app.close()
-        connections.reset(conninfo)
-        logger.removeHandler(records)
-        logger.setLevel(level)
-    failures = [r for r in records.records if r.getMessage() == "pgcelery.prune.failed"]
+    with captured("pgcelery.scheduling.pruning") as records:
+        try:
+            assert pruner.run_once() is None
+            assert pruner.run_once() is None
+        finally:
+            app.close()
+            connections.reset(conninfo)
+    failures = [r for r in records if r.getMessage() == "pgcelery.prune.failed"]
     assert len(failures) == 1, "an outage is logged once, not at every pass"
     assert "nobody" not in failures[0].__dict__.get("error", "")

@@ -88,7 +88,7 @@ def test_role_has_exactly_the_needed_privileges(granted: tuple[str, str, str]) -
         "TRUNCATE celery_taskmeta",
         "ALTER TABLE kombu_queue ADD COLUMN extra int",
         "UPDATE kombu_queue SET name = name",
-        "UPDATE kombu_queue SET name = name",
+        "DROP TABLE pgcelery_dead_letter",
         "SELECT setval('message_id_sequence', 1)",
         "INSERT INTO pgcelery_alembic_version VALUES ('x')",
         "DROP TRIGGER pgcelery_message_notify ON kombu_message",

@@ -8,12 +8,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from pgcelery import dsn
+
+if TYPE_CHECKING:
+    from pgcelery.embedded import EmbeddedPostgres
 
 
 def admin_url_from_env() -> str | None:
@@ -62,6 +66,22 @@ def embedded_server() -> Iterator[str]:
     server.start()
     try:
         yield server.url()
+    finally:
+        server.stop()
+
+
+@contextmanager
+def restartable_server(prefix: str) -> Iterator[EmbeddedPostgres]:
+    """A private embedded PostgreSQL a test may stop and start (fsync off)."""
+    from pgcelery.embedded import EmbeddedPostgres
+
+    # Not tmp_path: other pytest runs as root reset its parent to 0700, locking the server out.
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix=f"pgcelery-{prefix}-")) / "pgdata", durable=False
+    )
+    server.start()
+    try:
+        yield server
     finally:
         server.stop()
 
