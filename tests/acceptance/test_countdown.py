@@ -25,6 +25,10 @@ def _named(name: str) -> list[str]:
 
 
 LEASED = "SELECT count(*) FROM kombu_message WHERE lease_token IS NOT NULL AND visible_at > now()"
+MOST_HELD = (
+    "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM kombu_message"
+    " WHERE lease_token IS NOT NULL AND visible_at > now() GROUP BY claimed_by) held"
+)
 
 
 def _workers_up(url: str, count: int) -> None:
@@ -82,19 +86,27 @@ def test_a_stock_kombu_producers_countdown_waits_too(runs_db: str) -> None:
 
 def test_due_tasks_go_to_whichever_worker_is_free(runs_app: Celery, runs_db: str) -> None:
     with ExitStack() as stack:
-        for name in ("one", "two"):
-            stack.enter_context(worker_process(runs_db, _named(name)))
+        workers = [
+            stack.enter_context(worker_process(runs_db, _named(name))) for name in ("one", "two")
+        ]
         _workers_up(runs_db, 2)
         # Twenty half-second tasks: ten seconds of work, so a worker that claims every polling
         # interval (1 s) gets some even while the other is woken by its own acks.
         for i in range(20):
             runs_app.send_task("tests.record_run", args=(f"due{i}", 0.5), countdown=8)
-        wait_until(
-            lambda: scalar(runs_db, "SELECT count(*) FROM test_runs") == 20,
-            timeout=90,
-            what="all 20 countdown tasks",
-        )
-    assert scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs") == 2
+        most: list[int] = []
+
+        def all_ran() -> bool:
+            # The most messages any one worker holds leased: its prefetch window (1), never
+            # more, even though each of them carried an eta.
+            most.append(scalar(runs_db, MOST_HELD))
+            return scalar(runs_db, "SELECT count(*) FROM test_runs") == 20
+
+        wait_until(all_ran, timeout=90, interval=0.05, what="all 20 countdown tasks")
+        assert max(most) == 1, most
+        ran_in = scalar(runs_db, "SELECT count(DISTINCT pid) FROM test_runs")
+        assert ran_in == 2, "\n".join(w.output()[-3000:] for w in workers)
+        assert all(w.alive() for w in workers)
     assert scalar(runs_db, "SELECT count(DISTINCT label) FROM test_runs") == 20
 
 

@@ -71,8 +71,29 @@ def sort_claimed(
         props = payload.setdefault("properties", {})
         props["delivery_tag"] = tag(message_id, token)
         props.setdefault("delivery_info", {})["redelivered"] = deliveries > 1
+        _clear_past_eta(payload)
         claimed.append((message_id, str(token), queue, payload))
     return claimed, refused
+
+
+#: Seconds of clock difference between the database and a worker under which an ``eta`` counts
+#: as reached: the claim only returns a scheduled message once the database's clock reached it.
+ETA_TOLERANCE = 1.0
+
+
+def _clear_past_eta(payload: dict[str, Any]) -> None:
+    """A message claimed when due runs as an ordinary one: Celery raises a worker's prefetch
+    window by one for every message with an ``eta`` until it runs, so a worker handed due
+    scheduled messages would claim ever more of them and leave none to the others. The time is
+    kept in the ``pgcelery_eta`` header. An ``eta`` still ahead (a message queued before
+    revision 0007, when scheduled messages were not held back) keeps Celery's own handling."""
+    due = due_at(payload)
+    headers = payload.get("headers")
+    if due is None or not isinstance(headers, dict):
+        return
+    if (due - datetime.now(UTC)).total_seconds() <= ETA_TOLERANCE:
+        headers["pgcelery_eta"] = headers["eta"]
+        headers["eta"] = None
 
 
 def due_at(message: dict[str, Any]) -> datetime | None:
