@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import celeryd_after_setup
 
 from pgcelery import dsn
 from pgcelery.scheduling.schedule import default_schedule
@@ -132,17 +133,24 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     redaction.register_url(settings.database_url)
     json_logging.configure(settings.log_format)
     json_logging.install()
-    # Celery warns on every reconnect that this default will change in Celery 6; pgcelery sets
-    # it on purpose (above), so the warning only fills the logs of a worker riding out outages.
-    warnings.filterwarnings(
-        "ignore", message=r"\s*In Celery 5\.1 we introduced", category=CPendingDeprecationWarning
-    )
+    _quiet_reconnect_warning()
+    # The worker's logging setup shows every Celery deprecation warning again: after it.
+    celeryd_after_setup.connect(_quiet_reconnect_warning, weak=False, dispatch_uid=__name__)
     signals.install()
     app.pgcelery_observability = True
     health.add_check("listener", _listener_health)
     server.install(app)
     heartbeat.install(app)
     pruning.install(app)
+
+
+def _quiet_reconnect_warning(**_: Any) -> None:
+    """Celery warns on every reconnect that the default of
+    ``worker_cancel_long_running_tasks_on_connection_loss`` will change in Celery 6; pgcelery
+    sets it on purpose, so the warning would only fill the logs of a worker riding out outages."""
+    warnings.filterwarnings(
+        "ignore", message=r"\s*In Celery 5\.1 we introduced", category=CPendingDeprecationWarning
+    )
 
 
 def _listener_health(settings: Settings) -> tuple[bool, str]:
