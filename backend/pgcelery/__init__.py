@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pgcelery import module_aliases
 from pgcelery.app import create_app
+from pgcelery.broker.bulk import send_many
 from pgcelery.broker.transactional import enqueue_in, send_in_transaction
 from pgcelery.exceptions import (
     ConfigurationError,
@@ -42,6 +43,7 @@ __all__ = [
     "db",
     "enqueue_in",
     "send_in_transaction",
+    "send_many",
     "tenant_context",
     "tenant_task",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -11,6 +12,8 @@ from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
 from pgcelery import dsn
+from pgcelery.broker import bulk
+from pgcelery.broker.caller_transaction import caller_connection
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
 
@@ -87,6 +90,20 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
+class PgCelery(Celery):  # type: ignore[misc]
+    """Celery, whose ``producer_or_acquire`` blocks send a group's messages in one INSERT."""
+
+    @contextmanager
+    def producer_or_acquire(self, producer: Any = None) -> Iterator[Any]:
+        policy = dict(self.conf.task_publish_retry_policy or {})
+        in_caller_transaction = caller_connection() is not None
+        with (
+            super().producer_or_acquire(producer) as acquired,
+            bulk.scope(policy, in_caller_transaction),
+        ):
+            yield acquired
+
+
 def create_app(
     main: str = "pgcelery",
     *,
@@ -103,7 +120,7 @@ def create_app(
     from pgcelery.broker import transport
 
     transport.install()
-    app = Celery(
+    app = PgCelery(
         main,
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),

@@ -13,7 +13,7 @@ from celery import Celery
 
 from pgcelery import create_app
 from pgcelery.broker import listener
-from pgcelery.results import backend
+from pgcelery.results import waiters
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.waiting import wait_until
@@ -137,7 +137,7 @@ def _app(url: str, name: str) -> Celery:
 def test_two_apps_on_two_databases_are_each_woken_by_notify(
     two_databases: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backend, "IDLE_RELEASE", 0.5)
+    monkeypatch.setattr(waiters, "IDLE_RELEASE", 0.5)
     apps = [_app(url, f"two-{i}") for i, url in enumerate(two_databases)]
     worker = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "-l", "WARNING"]
     try:

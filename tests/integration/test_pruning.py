@@ -358,3 +358,23 @@ def test_a_pass_against_an_unreachable_database_is_logged_once_not_raised() -> N
     failures = [r for r in records if r.getMessage() == "pgcelery.prune.failed"]
     assert len(failures) == 1, "an outage is logged once, not at every pass"
     assert "nobody" not in failures[0].__dict__.get("error", "")
+
+
+def test_fired_chords_go_after_an_hour_and_abandoned_ones_with_their_results(
+    app: Celery, database_url: str
+) -> None:
+    chord = "INSERT INTO pgcelery_chord (group_id, header, size, done, created_at, fired_at)"
+    _sql(
+        database_url,
+        f"{chord} VALUES ('fired-old', '[]', 1, 1, now() - interval '2 hours',"
+        " now() - interval '2 hours'), ('fired-new', '[]', 1, 1, now(), now()),"
+        " ('abandoned', '[]', 2, 1, now() - interval '2 days', NULL),"
+        " ('waiting', '[]', 2, 1, now() - interval '2 hours', NULL)",
+    )
+    part = "INSERT INTO pgcelery_chord_part (group_id, task_id) VALUES (%s, %s)"
+    for group_id in ("fired-old", "abandoned", "waiting"):
+        _sql(database_url, part, (group_id, f"{group_id}-part"))
+    report = _prune(app)
+    assert report.counts["chords"] == 2
+    assert _column(database_url, "SELECT group_id FROM pgcelery_chord") == {"fired-new", "waiting"}
+    assert _column(database_url, "SELECT group_id FROM pgcelery_chord_part") == {"waiting"}

@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "celery_tasksetmeta": DML,
     "pgcelery_beat": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     "pgcelery_dead_letter": {"SELECT", "INSERT", "DELETE"},
+    "pgcelery_chord": {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    "pgcelery_chord_part": {"SELECT", "INSERT", "DELETE"},
     "pgcelery_alembic_version": {"SELECT"},
     "pgcelery_broadcast": {"SELECT", "INSERT", "DELETE"},
     "pgcelery_binding": DML,

@@ -31,6 +31,8 @@ TABLES = {
     "pgcelery_broadcast",
     "pgcelery_binding",
     "pgcelery_dead_letter",
+    "pgcelery_chord",
+    "pgcelery_chord_part",
     VERSION_TABLE,
 }
 

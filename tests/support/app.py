@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from pgcelery import create_app
 
-app = create_app(include=["tests.support.tasks", "tests.support.broker_tasks"])
+app = create_app(
+    include=["tests.support.tasks", "tests.support.broker_tasks", "tests.support.canvas_tasks"]
+)

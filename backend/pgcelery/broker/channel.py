@@ -16,6 +16,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from pgcelery import connections, dsn
+from pgcelery.broker import bulk
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.broker.caller_transaction import (
@@ -227,12 +228,22 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
+        batch = bulk.collecting()
+        if batch is not None:  # a group's member: sent with the others (pgcelery.broker.bulk)
+            batch.add(self, values)
+            return
+        self._put_rows([values])
+
+    def _put_rows(self, rows: list[bulk.Row]) -> None:
+        query, params = (
+            (self.sql.put, rows[0]) if len(rows) == 1 else (self.sql.put_many, bulk.columns(rows))
+        )
         outer = caller_connection()
         if outer is not None:
             check_same_database(outer, self._database())
-            outer.execute(self.sql.put, values)
+            outer.execute(query, params)
             return
-        self._execute(self.sql.put, values)
+        self._execute(query, params)
 
     # -- consume -----------------------------------------------------------------------------
 

@@ -71,6 +71,20 @@ class MessageSql:
         )
 
     @cached_property
+    def put_many(self) -> str:
+        """Params: arrays of payloads, queue ids, priorities and due times: :attr:`put` for
+        many messages in one statement (ids in array order)."""
+        return (
+            f"INSERT INTO {self.names.message}"
+            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
+            f" SELECT nextval('{self.names.sequence('message_id_sequence')}'),"
+            " true, now() AT TIME ZONE 'UTC', m.payload, 1, m.queue_id, m.priority,"
+            " greatest(now(), coalesce(m.due, now()))"
+            " FROM unnest(%s::text[], %s::int[], %s::smallint[], %s::timestamptz[])"
+            " AS m(payload, queue_id, priority, due)"
+        )
+
+    @cached_property
     def delete_held(self) -> str:
         """Params: ids, lease tokens. Deletes only what those leases still hold (fencing)."""
         return (

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from functools import cached_property, partial
-from time import monotonic, sleep
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -25,10 +26,11 @@ from psycopg_pool import PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery import connections, dsn
-from pgcelery.broker import listener
 from pgcelery.observability import redaction
+from pgcelery.results import chords
 from pgcelery.results.deferred_start import DeferredStarts
-from pgcelery.schema.tables import RESULT_CHANNEL, Names
+from pgcelery.results.waiters import waiters
+from pgcelery.schema.tables import Names
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -48,82 +50,6 @@ def _engine(url: str, options: dict[str, Any]) -> tuple[sa.Engine, sessionmaker[
         return found
 
 
-class _Waiters:
-    """task id → events of threads waiting for that task's result, fed by the listener.
-
-    One per process and database: a producer using two pgcelery apps on two databases is woken
-    by each database's NOTIFYs. It listens while anyone waits, and stops :data:`IDLE_RELEASE`
-    seconds after the last waiter left, so a database no longer used is no longer listened to.
-    """
-
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
-        self._lock = threading.Lock()
-        # Orders subscribing against releasing, so a new waiter is never left unsubscribed.
-        self._subscription = threading.Lock()
-        self._subscribed = False
-        self._idle_since = monotonic()
-        self._events: dict[str, list[threading.Event]] = {}
-
-    def add(self, task_id: str) -> threading.Event:
-        event = threading.Event()
-        with self._lock:
-            self._events.setdefault(task_id, []).append(event)
-        with self._subscription:
-            if not self._subscribed:
-                listener.subscribe(self._conninfo, RESULT_CHANNEL, self.notify)
-                self._subscribed = True
-                threading.Thread(
-                    target=self._release_when_idle, name="pgcelery-result-waiters", daemon=True
-                ).start()
-        return event
-
-    def remove(self, task_id: str, event: threading.Event) -> None:
-        with self._lock:
-            events = self._events.get(task_id, [])
-            if event in events:
-                events.remove(event)
-            if not events:
-                self._events.pop(task_id, None)
-            if not self._events:
-                self._idle_since = monotonic()
-
-    def _release_when_idle(self) -> None:
-        while True:
-            sleep(IDLE_RELEASE / 3)
-            with self._subscription:
-                with self._lock:
-                    if self._events or monotonic() - self._idle_since < IDLE_RELEASE:
-                        continue
-                listener.unsubscribe(self._conninfo, RESULT_CHANNEL, self.notify)
-                self._subscribed = False
-                return
-
-    def notify(self, task_id: str | None) -> None:
-        with self._lock:
-            if task_id is None:  # reconnected: anything may have finished
-                targets = [e for events in self._events.values() for e in events]
-            else:
-                targets = list(self._events.get(task_id, ()))
-        for event in targets:
-            event.set()
-
-
-#: Seconds a process keeps listening for results after its last waiter is done.
-IDLE_RELEASE = 30.0
-_WAITERS: dict[tuple[int, str], _Waiters] = {}
-_WAITERS_LOCK = threading.Lock()
-
-
-def _waiters(conninfo: str) -> _Waiters:
-    key = (os.getpid(), conninfo)
-    with _WAITERS_LOCK:
-        found = _WAITERS.get(key)
-        if found is None:
-            found = _WAITERS[key] = _Waiters(conninfo)
-        return found
-
-
 _DEFERRED: dict[float, DeferredStarts] = {}
 
 
@@ -137,6 +63,9 @@ def _deferred_starts(delay: float) -> DeferredStarts:
 
 class PgBackend(DatabaseBackend):
     """Celery's database result backend, made fast and schema-safe for PostgreSQL."""
+
+    #: Groups are read in one query per round (``get_many``), and chords joined natively.
+    supports_native_join = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -153,6 +82,11 @@ class PgBackend(DatabaseBackend):
         self._transaction_pooling = not bool(options.get("listen", True))
         delay = float(getattr(settings, "started_state_delay", 0.0))
         self._deferred_starts = _deferred_starts(delay) if delay > 0 else None
+        self._chord_sql = chords.ChordSql(Names(self._task_table.schema or "public"))
+        # The chord a thread's last stored result counted in, and whether it completed it.
+        self._counted = threading.local()
+        # Rows read by get_many, handed to Celery's per-task decoding through _query_task.
+        self._prefetched = threading.local()
 
     def _pool(self, async_commit: bool = False) -> Any:
         return connections.pool(
@@ -219,8 +153,22 @@ class PgBackend(DatabaseBackend):
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
         values = [getattr(row, name) for name in self._columns]
+        group_id = getattr(request, "group", None) if getattr(request, "chord", None) else None
+        if group_id and state in states.READY_STATES:
+            self._store_chord_part(task_id, group_id, values)
+            return
         with self._pool(async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
+
+    def _store_chord_part(self, task_id: str, group_id: str, values: list[Any]) -> None:
+        """Store a chord header task's result and count it, in one statement."""
+        params: dict[str, Any] = {"task": task_id, "group": group_id}
+        params.update({f"v{i}": value for i, value in enumerate(values)})
+        # Never the async commit: the count must not be lost while the ack is not.
+        with self._pool().connection() as conn:
+            found = conn.execute(self._sql_store_and_count, params).fetchone()
+        self._counted.task = task_id
+        self._counted.ready = bool(found and found[0])
 
     @cached_property
     def _mapped(self) -> tuple[str, ...]:
@@ -233,20 +181,27 @@ class PgBackend(DatabaseBackend):
         skip = {"id", "task_id", "date_done"}
         return tuple(name for name in self._mapped if name not in skip)
 
-    @cached_property
-    def _sql_upsert(self) -> str:
+    def _upsert(self, task: str, params: list[str]) -> str:
         # One statement, one round trip: insert, or update unless a SUCCESS is already stored
         # (Celery's rule: a repeated run never replaces a stored result).
         names = Names(self._task_table.schema or "public")
         columns = ", ".join(f'"{c}"' for c in self._columns)
-        params = ", ".join(["%s"] * len(self._columns))
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*self._columns, "date_done"))
         return (
             f"INSERT INTO {names.task} AS t (id, task_id, {columns}, date_done)"
-            f" VALUES (nextval('{names.sequence('task_id_sequence')}'), %s, {params},"
-            " now() AT TIME ZONE 'UTC')"
+            f" VALUES (nextval('{names.sequence('task_id_sequence')}'), {task},"
+            f" {', '.join(params)}, now() AT TIME ZONE 'UTC')"
             f" ON CONFLICT (task_id) DO UPDATE SET {updates} WHERE t.status <> 'SUCCESS'"
         )
+
+    @cached_property
+    def _sql_upsert(self) -> str:
+        return self._upsert("%s", ["%s"] * len(self._columns))
+
+    @cached_property
+    def _sql_store_and_count(self) -> str:
+        named = [f"%(v{i})s" for i in range(len(self._columns))]
+        return self._chord_sql.count_with(self._upsert("%(task)s", named))
 
     @cached_property
     def _sql_select(self) -> str:
@@ -254,18 +209,41 @@ class PgBackend(DatabaseBackend):
         columns = ", ".join(f'"{name}"' for name in self._mapped)
         return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
 
+    @cached_property
+    def _sql_select_many(self) -> str:
+        return self._sql_select.replace("task_id = %s", "task_id = ANY(%s)")
+
     def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
         # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
+        prefetched = getattr(self._prefetched, "rows", None)
+        if prefetched is not None:
+            return prefetched.get(task_id)
         if self._deferred_starts is not None:
             self._deferred_starts.flush(task_id)
         with self._pool().connection() as conn:
             found = conn.execute(self._sql_select, (task_id,)).fetchone()
-        if found is None:
-            return None
+        return None if found is None else self._row(task_id, found)
+
+    def _row(self, task_id: str, values: Iterable[Any]) -> Any:
         row = self.task_cls(task_id)
-        for name, value in zip(self._mapped, found, strict=True):
+        for name, value in zip(self._mapped, values, strict=True):
             setattr(row, name, value)
         return row
+
+    def _metas(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored state of every one of ``task_ids``, read in one query."""
+        if self._deferred_starts is not None:
+            for task_id in task_ids:
+                self._deferred_starts.flush(task_id)
+        with self._pool().connection() as conn:
+            found = conn.execute(self._sql_select_many, (task_ids,)).fetchall()
+        task_at = self._mapped.index("task_id")
+        # Decoded by Celery's own _get_task_meta_for, fed these rows instead of a query each.
+        self._prefetched.rows = {row[task_at]: self._row(row[task_at], row) for row in found}
+        try:
+            return {task_id: self._get_task_meta_for(task_id) for task_id in task_ids}
+        finally:
+            self._prefetched.rows = None
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, RETRYABLE) or bool(super().exception_safe_to_retry(exc))
@@ -283,26 +261,113 @@ class PgBackend(DatabaseBackend):
         on_interval: Any = None,
     ) -> Any:
         """Wait for the task's result; woken by NOTIFY, polling every ``interval`` as a fallback."""
-        waiters = _waiters(self._conninfo)
-        event = waiters.add(task_id)
+        for _, meta in self.get_many([task_id], timeout, interval, no_ack, None, on_interval):
+            return meta
+        raise CeleryTimeoutError("The operation timed out.")  # pragma: no cover
+
+    def get_many(
+        self,
+        task_ids: Iterable[str],
+        timeout: float | None = None,
+        interval: float | None = 0.5,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(task_id, meta)`` as each task is ready: every round reads all the tasks
+        still pending in one query, then sleeps until a NOTIFY names one of them (``interval``
+        is only the fallback poll). ``GroupResult.get()``/``join_native`` and chords use it."""
+        pending = list(dict.fromkeys(task_ids))
+        ready = [(tid, self._cache[tid]) for tid in pending if tid in self._cache]
+        for task_id, meta in ready:
+            yield task_id, meta
+        pending = [tid for tid in pending if tid not in self._cache]
+        if not pending:
+            return
+        waiting = waiters(self._conninfo)
         deadline = None if timeout is None else monotonic() + timeout
-        try:
-            while True:
-                event.clear()
-                meta = self.get_task_meta(task_id)
-                if meta["status"] in states.READY_STATES:
-                    return meta
+        rounds = 0
+        while pending:
+            watched = pending
+            event = waiting.add(watched)
+            try:
+                metas = self._ensure_retryable(self._metas, pending)
+                for task_id in pending:
+                    meta = metas[task_id]
+                    if meta["status"] in READY_STATES:
+                        self._cache[task_id] = meta  # as Celery's get_many: any ready state
+                        if on_message is not None:
+                            on_message(meta)
+                        yield task_id, meta
+                pending = [tid for tid in pending if metas[tid]["status"] not in READY_STATES]
+                if not pending:
+                    return
+                rounds += 1
+                if max_iterations and rounds >= max_iterations:
+                    return
                 if on_interval:
                     on_interval()
-                wait = interval
+                wait = 0.5 if interval is None else interval
                 if deadline is not None:
                     remaining = deadline - monotonic()
                     if remaining <= 0:
                         raise CeleryTimeoutError("The operation timed out.")
                     wait = min(wait, remaining)
                 event.wait(wait)
-        finally:
-            waiters.remove(task_id, event)
+            finally:
+                waiting.remove(watched, event)
+
+    # -- chords, joined in the database (pgcelery.results.chords) -------------------------------
+
+    @cached_property
+    def _native_chords(self) -> bool:
+        # The body is published on the result's connection, in its transaction: that takes
+        # the broker in the same database. Otherwise Celery's chord_unlock joins the chord.
+        broker = str(self.app.conf.broker_url or "")
+        scheme, _, rest = broker.partition("://")
+        if not scheme.startswith("sqla+postgresql"):
+            return False
+        where = ("host", "port", "dbname")
+        try:
+            ours = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+            theirs = psycopg.conninfo.conninfo_to_dict(f"postgresql://{rest}")
+        except psycopg.ProgrammingError:
+            return False
+        return all(ours.get(key) == theirs.get(key) for key in where)
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        if not self._native_chords:
+            super().apply_chord(header_result_args, body, **kwargs)
+            return
+        self.ensure_chords_allowed()
+        header = self.app.GroupResult(*header_result_args)
+        params = {"group": header.id, "header": chords.header_json(header)}
+        with self._pool().connection() as conn:
+            conn.execute(self._chord_sql.create, params)
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        if self._native_chords:
+            with self._pool().connection() as conn:
+                conn.execute(self._chord_sql.set_size, (chord_size, group_id))
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        if not self._native_chords or not request.group or not request.id:
+            return
+        if getattr(self._counted, "task", None) == request.id:
+            ready = self._counted.ready  # counted with the result it just stored
+            self._counted.task = None
+        else:  # a part whose result was stored elsewhere (a failed chain's tail): count it
+            params = {"group": request.group, "task": request.id}
+            with self._pool().connection() as conn:
+                found = conn.execute(f"WITH {self._chord_sql.count_part}", params).fetchone()
+            ready = bool(found and found[0])
+        if ready:
+            with self._pool().connection() as conn:
+                chords.fire(
+                    self, conn, self._chord_sql, request, self.app.conf.result_chord_join_timeout
+                )
 
 
 def install(app: Any) -> None:

@@ -47,6 +47,29 @@ def delete_expired(conn: psycopg.Connection[Any], table: str, seconds: float, li
     return cur.rowcount
 
 
+#: A fired chord's row outlives the firing this long: a header task redelivered after the body
+#: was sent (its worker died before the ack) finds the chord fired and counts nothing. Without
+#: the row it would count nothing either; the row is kept only to say why.
+FIRED_CHORD_RETENTION = 3600.0
+#: An unfired chord is abandoned after its results expire (its body could never be joined);
+#: with results kept forever, after this long.
+UNFIRED_CHORD_RETENTION = 30 * 86400.0
+
+
+def delete_old_chords(conn: psycopg.Connection[Any], names: Names, result_expires: float) -> int:
+    """Delete up to :data:`PRUNE_BATCH` chords fired over an hour ago or abandoned (their
+    counted parts go with them, ``ON DELETE CASCADE``); returns how many."""
+    unfired = result_expires if result_expires > 0 else UNFIRED_CHORD_RETENTION
+    cur = conn.execute(
+        f"DELETE FROM {names.chord} WHERE group_id IN (SELECT group_id FROM {names.chord}"
+        " WHERE fired_at < now() - make_interval(secs => %s)"
+        " OR created_at < now() - make_interval(secs => %s)"
+        " LIMIT %s FOR UPDATE SKIP LOCKED)",
+        (FIRED_CHORD_RETENTION, max(unfired, FIRED_CHORD_RETENTION), PRUNE_BATCH),
+    )
+    return cur.rowcount
+
+
 def prune_expired(
     conninfo: str, names: Names, seconds: float, batch_size: int = PRUNE_BATCH
 ) -> dict[str, int]:

@@ -16,6 +16,8 @@ started together does not prune together). A pass deletes, in short transactions
                    ran over ``PGCELERY_BEAT_ENTRY_RETENTION`` seconds ago
 ``tasks``          ``celery_taskmeta`` rows older than ``result_expires``
 ``groups``         ``celery_tasksetmeta`` rows older than ``result_expires``
+``chords``         ``pgcelery_chord`` rows fired over an hour ago, or unfired and older than
+                   ``result_expires`` (30 days if results never expire), with their parts
 ``dead_letters``   ``pgcelery_dead_letter`` rows buried over ``PGCELERY_DEAD_LETTER_RETENTION``
                    seconds ago
 =================  ==========================================================================
@@ -48,7 +50,12 @@ from pgcelery.broker.channel import Channel
 from pgcelery.broker.dead_letters import purge as purge_dead_letters
 from pgcelery.broker.queue_rows import ephemeral_patterns, prune_unused
 from pgcelery.observability.heartbeat import DEAD_AFTER_BEATS, prune_dead
-from pgcelery.results.retention import PRUNE_BATCH, delete_expired, expiry_seconds
+from pgcelery.results.retention import (
+    PRUNE_BATCH,
+    delete_expired,
+    delete_old_chords,
+    expiry_seconds,
+)
 from pgcelery.scheduling.beat import prune_removed_entries
 from pgcelery.schema.tables import Names
 from pgcelery.settings import settings_of
@@ -150,6 +157,7 @@ class PruneConfig:
                 lambda c: delete_expired(c, names.group, self.result_expires, PRUNE_BATCH),
                 True,
             ),
+            ("chords", lambda c: delete_old_chords(c, names, self.result_expires), True),
             (
                 "dead_letters",
                 lambda c: (

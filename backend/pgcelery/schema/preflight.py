@@ -21,6 +21,8 @@ from pgcelery.schema.tables import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,
+    CHORD_PART_TABLE,
+    CHORD_TABLE,
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
@@ -52,6 +54,8 @@ REQUIRED_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     BROADCAST_TABLE: ("SELECT", "INSERT", "DELETE"),
     BINDING_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     DEAD_LETTER_TABLE: ("SELECT", "INSERT", "DELETE"),
+    CHORD_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    CHORD_PART_TABLE: ("SELECT", "INSERT", "DELETE"),
 }
 REQUIRED_SEQUENCES = (
     "queue_id_sequence",

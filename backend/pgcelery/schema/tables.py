@@ -28,6 +28,8 @@ BINDING_TABLE = "pgcelery_binding"
 WORKER_TABLE = "pgcelery_worker"
 BEAT_TABLE = "pgcelery_beat"
 DEAD_LETTER_TABLE = "pgcelery_dead_letter"
+CHORD_TABLE = "pgcelery_chord"
+CHORD_PART_TABLE = "pgcelery_chord_part"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
@@ -194,6 +196,36 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_dead_letter_dead_at", dead_letter.c.dead_at)
+    # Added by revision 0011: chords joined in the database (pgcelery.results.chords).
+    chord = sa.Table(
+        CHORD_TABLE,
+        md,
+        sa.Column("group_id", sa.Text, primary_key=True),
+        sa.Column("size", sa.Integer),
+        sa.Column("done", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("header", sa.Text, nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column("fired_at", sa.DateTime(timezone=True)),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_chord_created_at", chord.c.created_at)
+    sa.Table(
+        CHORD_PART_TABLE,
+        md,
+        sa.Column(
+            "group_id",
+            sa.Text,
+            sa.ForeignKey(chord.c.group_id, ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("task_id", sa.Text, primary_key=True),
+        schema=target,
+    )
     return md
 
 
@@ -241,6 +273,14 @@ class Names:
     @cached_property
     def dead_letter(self) -> str:
         return self._q(DEAD_LETTER_TABLE)
+
+    @cached_property
+    def chord(self) -> str:
+        return self._q(CHORD_TABLE)
+
+    @cached_property
+    def chord_part(self) -> str:
+        return self._q(CHORD_PART_TABLE)
 
     def sequence(self, name: str) -> str:
         return self._q(name)

@@ -24,6 +24,8 @@ from pgcelery.schema.tables import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,
+    CHORD_PART_TABLE,
+    CHORD_TABLE,
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
@@ -50,6 +52,8 @@ PGCELERY_TABLES = frozenset(
         WORKER_TABLE,
         BEAT_TABLE,
         DEAD_LETTER_TABLE,
+        CHORD_TABLE,
+        CHORD_PART_TABLE,
         VERSION_TABLE,
     }
 )
