@@ -29,6 +29,7 @@ from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.queue_rows import resolve_fenced
+from pgcelery.broker.recording import Insert, record
 from pgcelery.broker.settling import Settling
 from pgcelery.schema.tables import Names
 
@@ -227,6 +228,10 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
+        recorded = record()
+        if recorded is not None:  # an async publish (pgcelery.broker.async_publish) runs it
+            recorded.append(Insert(self._conninfo, self.sql.put, values, self.statement_timeout))
+            return
         outer = caller_connection()
         if outer is not None:
             check_same_database(outer, self._database())

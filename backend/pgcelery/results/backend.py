@@ -9,6 +9,7 @@ no table creation ever, and waiting on the result trigger's NOTIFY.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from functools import cached_property, partial
@@ -33,6 +34,10 @@ from pgcelery.schema.tables import RESULT_CHANNEL, Names
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
+#: A row read elsewhere, given to Celery's decoding instead of a read (see meta_from_row).
+_READ_ELSEWHERE: contextvars.ContextVar[tuple[str, tuple[Any, ...] | None] | None] = (
+    contextvars.ContextVar("pgcelery_row_read_elsewhere", default=None)
+)
 _ENGINES: dict[tuple[int, str], tuple[sa.Engine, sessionmaker[Session]]] = {}
 _ENGINES_LOCK = threading.Lock()
 
@@ -254,18 +259,42 @@ class PgBackend(DatabaseBackend):
         columns = ", ".join(f'"{name}"' for name in self._mapped)
         return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
 
+    @cached_property
+    def sql_select_many(self) -> str:
+        """Params: task ids. Rows of those tasks: ``task_id``, then :meth:`meta_from_row`'s."""
+        names = Names(self._task_table.schema or "public")
+        columns = ", ".join(f'"{name}"' for name in self._mapped)
+        return f"SELECT task_id, {columns} FROM {names.task} WHERE task_id = ANY(%s)"
+
+    def meta_from_row(self, task_id: str, found: tuple[Any, ...] | None) -> dict[str, Any]:
+        """Celery's own decoding of a row read elsewhere (the async waiters read in batches)."""
+        token = _READ_ELSEWHERE.set((task_id, found))
+        try:
+            meta: dict[str, Any] = self._get_task_meta_for(task_id)
+        finally:
+            _READ_ELSEWHERE.reset(token)
+        return meta
+
     def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
         # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
-        if self._deferred_starts is not None:
-            self._deferred_starts.flush(task_id)
-        with self._pool().connection() as conn:
-            found = conn.execute(self._sql_select, (task_id,)).fetchone()
+        elsewhere = _READ_ELSEWHERE.get()
+        if elsewhere is not None and elsewhere[0] == task_id:
+            found = elsewhere[1]
+        else:
+            found = self._read_task(task_id)
         if found is None:
             return None
         row = self.task_cls(task_id)
         for name, value in zip(self._mapped, found, strict=True):
             setattr(row, name, value)
         return row
+
+    def _read_task(self, task_id: str) -> tuple[Any, ...] | None:
+        if self._deferred_starts is not None:
+            self._deferred_starts.flush(task_id)
+        with self._pool().connection() as conn:
+            found: tuple[Any, ...] | None = conn.execute(self._sql_select, (task_id,)).fetchone()
+        return found
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, RETRYABLE) or bool(super().exception_safe_to_retry(exc))

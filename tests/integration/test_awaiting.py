@@ -1,0 +1,168 @@
+"""``await pgcelery.aget(...)`` and ``await pgcelery.asend(...)`` against real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from celery import Celery, group
+from celery.contrib.testing.worker import TestWorkController
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+from pgcelery import aclose, aget, asend, create_app
+from pgcelery.settings import Settings
+from tests.support import postgres
+from tests.support.workers import worker_process
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    async def wrapped() -> T:
+        try:
+            return await main()
+        finally:
+            await aclose()
+
+    return asyncio.run(wrapped())
+
+
+class Ticker:
+    """A coroutine that ticks every 10 ms: the longest gap between ticks is how long the event
+    loop was blocked."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.longest_gap = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            self.ticks += 1
+            last = now
+
+    def __enter__(self) -> Ticker:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+@pytest.fixture
+def subprocess_worker(database_url: str) -> Iterator[Celery]:
+    """A client app and a real worker process (solo pool) on the test database."""
+    client = create_app(settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False))
+    argv = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "--loglevel=WARNING"]
+    with worker_process(database_url, argv=argv):
+        yield client
+    client.close()
+
+
+def test_a_thousand_concurrent_awaits_in_one_event_loop(subprocess_worker: Celery) -> None:
+    app = subprocess_worker
+    add = app.signature("tests.add")
+
+    async def main() -> tuple[list[Any], Ticker]:
+        with Ticker() as ticker:
+            results = [await asend(add.clone(args=(i, 1))) for i in range(1000)]
+            values = await asyncio.gather(*(aget(r, timeout=180) for r in results))
+        return values, ticker
+
+    values, ticker = run(main)
+    assert values == [i + 1 for i in range(1000)]
+    # The loop kept running while the tasks were published and awaited: no call blocked it for
+    # as long as a round trip to a worker (a blocking get() would stall it for the whole run).
+    assert ticker.ticks > 0
+    assert ticker.longest_gap < 1.0, ticker.longest_gap
+
+
+def test_the_loop_keeps_ticking_while_one_result_is_awaited(
+    app: Celery, worker: TestWorkController
+) -> None:
+    async def main() -> tuple[float, Ticker]:
+        result = await asend(app.signature("tests.sleep", args=(1.5,)))
+        with Ticker() as ticker:
+            value = await aget(result, timeout=60)
+        return value, ticker
+
+    value, ticker = run(main)
+    assert value == 1.5
+    # ~150 ticks in 1.5 s if the loop never stopped; a blocking wait would allow none.
+    assert ticker.ticks >= 50, ticker.ticks
+
+
+def test_a_failed_task_raises_its_exception(app: Celery, worker: TestWorkController) -> None:
+    async def main() -> Any:
+        result = await asend(app.signature("tests.fail", args=("boom",)))
+        with pytest.raises(RuntimeError, match="boom"):
+            await aget(result, timeout=60)
+        return await aget(result, timeout=60, propagate=False)
+
+    assert isinstance(run(main), RuntimeError)
+
+
+def test_timeout_raises_celerys_timeout_error(app: Celery) -> None:
+    async def main() -> float:
+        result = await asend(app.signature("tests.add", args=(1, 2)))  # no worker runs it
+        started = time.monotonic()
+        with pytest.raises(CeleryTimeoutError):
+            await aget(result, timeout=0.5)
+        return time.monotonic() - started
+
+    assert 0.5 <= run(main) < 5
+
+
+def test_a_group_result_gives_its_values_in_order(app: Celery, worker: TestWorkController) -> None:
+    async def main() -> list[Any]:
+        result = await asend(group(app.signature("tests.add", args=(i, i)) for i in range(5)))
+        return list(await aget(result, timeout=60))
+
+    assert run(main) == [0, 2, 4, 6, 8]
+
+
+def test_a_group_raises_its_first_failure(app: Celery, worker: TestWorkController) -> None:
+    async def main() -> None:
+        members = [app.signature("tests.add", args=(1, 1)), app.signature("tests.fail", ("no",))]
+        result = await asend(group(members))
+        with pytest.raises(RuntimeError, match="no"):
+            await aget(result, timeout=60)
+
+    run(main)
+
+
+def test_asend_commits_before_it_returns(app: Celery, database_url: str) -> None:
+    async def main() -> str:
+        result = await asend(app.signature("tests.add", args=(2, 2)), priority=7)
+        return str(result.id)
+
+    task_id = run(main)
+    with psycopg.connect(postgres.libpq(database_url)) as conn:
+        row = conn.execute(
+            "SELECT priority FROM kombu_message WHERE payload::jsonb->'headers'->>'id' = %s",
+            (task_id,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == 7
+
+
+def test_a_result_already_stored_is_returned_at_once(
+    app: Celery, worker: TestWorkController
+) -> None:
+    result = app.send_task("tests.add", args=(3, 4))
+    assert result.get(timeout=60) == 7
+    fresh = app.AsyncResult(result.id)
+
+    async def main() -> Any:
+        return await aget(fresh, timeout=5)
+
+    assert run(main) == 7
