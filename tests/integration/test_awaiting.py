@@ -61,7 +61,9 @@ class Ticker:
 @pytest.fixture
 def subprocess_worker(database_url: str) -> Iterator[Celery]:
     """A client app and a real worker process (solo pool) on the test database."""
-    client = create_app(settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False))
+    client = create_app(
+        settings=Settings(DATABASE_URL=database_url, PGCELERY_METRICS_ENABLED=False)
+    )
     argv = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "--loglevel=WARNING"]
     with worker_process(database_url, argv=argv):
         yield client
@@ -74,7 +76,7 @@ def test_a_thousand_concurrent_awaits_in_one_event_loop(subprocess_worker: Celer
 
     async def main() -> tuple[list[Any], Ticker]:
         with Ticker() as ticker:
-            results = [await asend(add.clone(args=(i, 1))) for i in range(1000)]
+            results = await asyncio.gather(*(asend(add.clone(args=(i, 1))) for i in range(1000)))
             values = await asyncio.gather(*(aget(r, timeout=180) for r in results))
         return values, ticker
 

@@ -100,10 +100,14 @@ async def record(signature: Signature, **options: Any) -> tuple[AsyncResult, lis
     app = _app_of(signature)
     if app in _WARM:
         return _record(signature, options)
-    # First publish of this app in the process: connecting and the schema check block.
-    found = await asyncio.to_thread(_record, signature, options)
-    _WARM.add(app)
-    return found
+    # First publish of this app in the process: connecting and the schema check block, so it
+    # runs in a thread; concurrent first publishes wait for it instead of each taking one.
+    async with event_loops.per_loop(("pgcelery.publish.warming", id(app)), asyncio.Lock):
+        if app in _WARM:
+            return _record(signature, options)
+        found = await asyncio.to_thread(_record, signature, options)
+        _WARM.add(app)
+        return found
 
 
 async def _run(conn: psycopg.AsyncConnection[Any], inserts: Sequence[Insert]) -> None:

@@ -44,7 +44,9 @@ def caller_connection() -> psycopg.Connection[Any] | None:
     return _CALLER.get()
 
 
-IDENTITY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+IDENTITY_SQL = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+)
 Identity = tuple[str | None, str]
 #: Callers' connections already found to be on the broker's database.
 _CHECKED: weakref.WeakKeyDictionary[psycopg.Connection[Any], Identity] = weakref.WeakKeyDictionary()

@@ -14,6 +14,7 @@ closed :data:`IDLE_RELEASE` seconds after its last waiter left, or by ``pgcelery
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from time import monotonic
 from typing import Any
@@ -68,10 +69,10 @@ class _Waiters:
                 )
             if not self._listening.is_set():
                 # Listening before the first read: no result can finish between the two unseen.
-                try:
+                # Not listening after LISTEN_WAIT: the database is unreachable for now; the
+                # waiter polls and is woken when the listener reconnects.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._listening.wait(), LISTEN_WAIT)
-                except TimeoutError:
-                    pass  # the database is unreachable for now: polling, woken on reconnect
         return event
 
     def remove(self, task_id: str, event: asyncio.Event) -> None:
@@ -232,10 +233,8 @@ async def _ready_meta(result: AsyncResult, deadline: float | None, interval: flo
                     return meta
             remaining = _remaining(deadline)
             wait = interval if remaining is None else min(interval, remaining)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait)
-            except TimeoutError:
-                pass
     finally:
         waiters.remove(result.id, event)
 
