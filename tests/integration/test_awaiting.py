@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from celery.contrib.testing.worker import TestWorkController
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from pgcelery import aclose, aget, asend, create_app
+from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.workers import worker_process
@@ -38,6 +40,7 @@ class Ticker:
     def __init__(self) -> None:
         self.ticks = 0
         self.longest_gap = 0.0
+        self.most_threads = threading.active_count()
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
@@ -47,6 +50,7 @@ class Ticker:
             now = time.monotonic()
             self.longest_gap = max(self.longest_gap, now - last)
             self.ticks += 1
+            self.most_threads = max(self.most_threads, threading.active_count())
             last = now
 
     def __enter__(self) -> Ticker:
@@ -80,8 +84,11 @@ def test_a_thousand_concurrent_awaits_in_one_event_loop(subprocess_worker: Celer
             values = await asyncio.gather(*(aget(r, timeout=180) for r in results))
         return values, ticker
 
+    threads_before = threading.active_count()
     values, ticker = run(main)
     assert values == [i + 1 for i in range(1000)]
+    # No thread per waiter (the first publish may use one of asyncio's executor threads).
+    assert ticker.most_threads <= threads_before + 3, (threads_before, ticker.most_threads)
     # The loop kept running while the tasks were published and awaited: no call blocked it for
     # as long as a round trip to a worker (a blocking get() would stall it for the whole run).
     assert ticker.ticks > 0
@@ -168,3 +175,25 @@ def test_a_result_already_stored_is_returned_at_once(
         return await aget(fresh, timeout=5)
 
     assert run(main) == 7
+
+
+def test_asend_refuses_an_app_on_another_broker() -> None:
+    other = Celery("elsewhere", broker="memory://")
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match="pgcelery's broker"):
+            await asend(other.signature("tests.add", args=(1, 1)))
+
+    run(main)
+    other.close()
+
+
+def test_aget_refuses_a_result_of_another_backend() -> None:
+    other = Celery("elsewhere", broker="memory://", backend="cache+memory://")
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match="result backend"):
+            await aget(other.AsyncResult("some-id"), timeout=1)
+
+    run(main)
+    other.close()

@@ -102,6 +102,13 @@ async def record(signature: Signature, **options: Any) -> tuple[AsyncResult, lis
         return _record(signature, options)
     # First publish of this app in the process: connecting and the schema check block, so it
     # runs in a thread; concurrent first publishes wait for it instead of each taking one.
+    url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+    if not url.startswith("sqla+postgresql+psycopg"):
+        raise ConfigurationError(
+            "asend and send_in_transaction need pgcelery's broker (sqla+postgresql+psycopg://), "
+            f"but app {app.main!r} has another one: make the app with pgcelery.create_app and "
+            "import it before the tasks it sends."
+        )
     async with event_loops.per_loop(("pgcelery.publish.warming", id(app)), asyncio.Lock):
         if app in _WARM:
             return _record(signature, options)
