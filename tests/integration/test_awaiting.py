@@ -197,3 +197,28 @@ def test_aget_refuses_a_result_of_another_backend() -> None:
 
     run(main)
     other.close()
+
+
+def test_the_loop_keeps_ticking_while_a_publish_waits_on_the_database(
+    app: Celery, database_url: str
+) -> None:
+    async def main() -> tuple[int, bool, int]:
+        await asend(app.signature("tests.add", args=(0, 0)))  # the producer is connected
+        locker = await psycopg.AsyncConnection.connect(postgres.libpq(database_url))
+        await locker.execute("LOCK TABLE kombu_message IN EXCLUSIVE MODE")
+        with Ticker() as ticker:
+            sending = asyncio.ensure_future(asend(app.signature("tests.add", args=(1, 1))))
+            await asyncio.sleep(1.0)
+            waited = not sending.done()
+            ticks_while_locked = ticker.ticks
+            await locker.rollback()
+            await locker.close()
+            await sending
+        with psycopg.connect(postgres.libpq(database_url)) as conn:
+            row = conn.execute("SELECT count(*) FROM kombu_message").fetchone()
+        return ticks_while_locked, waited, row[0] if row else 0
+
+    ticks, waited, queued = run(main)
+    assert waited  # the INSERT waited for the lock ...
+    assert ticks >= 30, ticks  # ... and the loop ran on meanwhile (~100 ticks in 1 s)
+    assert queued == 2
