@@ -14,10 +14,11 @@ from celery import Celery, group
 from celery.contrib.testing.worker import TestWorkController
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from pgcelery import aclose, aget, asend, create_app
+from pgcelery import aclose, aget, asend, create_app, db
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from tests.support import postgres
+from tests.support.waiting import wait_until
 from tests.support.workers import worker_process
 
 T = TypeVar("T")
@@ -222,3 +223,29 @@ def test_the_loop_keeps_ticking_while_a_publish_waits_on_the_database(
     assert waited  # the INSERT waited for the lock ...
     assert ticks >= 30, ticks  # ... and the loop ran on meanwhile (~100 ticks in 1 s)
     assert queued == 2
+
+
+def test_a_loop_ended_without_aclose_closes_its_connections(
+    app: Celery, settings: Settings, database_url: str
+) -> None:
+    def open_connections() -> int:
+        with psycopg.connect(postgres.libpq(database_url)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def main() -> int:
+        result = await asend(app.signature("tests.add", args=(1, 1)))  # no worker runs it
+        with pytest.raises(CeleryTimeoutError):
+            await aget(result, timeout=0.3)
+        async with db.async_connection(settings) as conn:
+            await conn.execute("SELECT 1")
+        return open_connections()
+
+    run(main)  # opens what stays open (the app's own producer connection), closes the rest
+    before = open_connections()
+    during = asyncio.run(main())  # no aclose(): asyncio.run's cancelling of leftover tasks
+    assert during > before
+    wait_until(lambda: open_connections() == before, what="the loop's connections closed")

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -38,39 +37,16 @@ RETRY_DELAYS = (0.2, 0.5, 1.0)
 _WARM: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 
-class _Publisher:
-    """A few autocommit connections of one loop to one database, handed out one at a time."""
+class _Publisher(event_loops.LoopConnections):
+    """A few autocommit connections of one loop to the broker's database."""
 
     def __init__(self, insert: Insert, transaction_pooling: bool) -> None:
-        self._conninfo = insert.conninfo
         server = {}
         if insert.statement_timeout > 0:
             server["statement_timeout"] = str(round(insert.statement_timeout * 1000))
-        self._kwargs = connections.connect_kwargs(transaction_pooling, **server)
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._slots = asyncio.Semaphore(POOL_SIZE)
+        kwargs = connections.connect_kwargs(transaction_pooling, **server)
+        super().__init__(insert.conninfo, POOL_SIZE, **kwargs)
         self.identity: Identity | None = None
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else None
-            if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
-            try:
-                yield conn
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status.name == "IDLE":
-                    self._idle.append(conn)
-                else:
-                    await conn.close()
-                raise
-            self._idle.append(conn)
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
 
 
 def _publisher(insert: Insert, transaction_pooling: bool) -> _Publisher:

@@ -18,13 +18,13 @@ opened them (one pool per loop; ``await pgcelery.aclose()`` closes them).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from pgcelery import dsn, event_loops
 from pgcelery.exceptions import ConfigurationError
@@ -39,17 +39,12 @@ def _key(settings: Settings | None) -> EngineKey:
     return key_for(settings, 0)  # one pool per event loop, not per process
 
 
-def _pool(key: EngineKey) -> AsyncConnectionPool[Any]:
-    def make() -> AsyncConnectionPool[Any]:
+def _pool(key: EngineKey) -> event_loops.LoopConnections:
+    def make() -> event_loops.LoopConnections:
+        # Not autocommit: each use is one transaction, committed or rolled back below.
         kwargs: dict[str, Any] = {"prepare_threshold": None} if key.transaction_pooling else {}
-        return AsyncConnectionPool(
-            dsn.libpq_url(key.url),
-            min_size=0,
-            max_size=key.pool_size + key.max_overflow,
-            kwargs=kwargs,
-            open=False,
-            name="pgcelery-db-async",
-        )
+        size = key.pool_size + key.max_overflow
+        return event_loops.LoopConnections(dsn.libpq_url(key.url), size, **kwargs)
 
     return event_loops.per_loop(("pgcelery.db.async_pool", key), make, lambda pool: pool.close)
 
@@ -61,11 +56,16 @@ async def async_connection(
     """A pooled psycopg ``AsyncConnection`` in a transaction that set the tenant GUCs:
     committed on success, rolled back on error."""
     key = _key(settings)
-    pool = _pool(key)
-    await pool.open()
-    async with pool.connection() as conn:  # commits on success, rolls back on error
-        await apply_ids_async(key, conn)
-        yield conn
+    async with _pool(key).connection() as conn:
+        try:
+            await apply_ids_async(key, conn)
+            yield conn
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):  # the caller's error matters more
+                    await conn.rollback()
+            raise
+        await conn.commit()
 
 
 def _sessions(key: EngineKey) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
