@@ -19,7 +19,7 @@ from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from tests.support import postgres
 from tests.support.waiting import wait_until
-from tests.support.workers import worker_process
+from tests.support.workers import solo_worker, worker_process
 
 T = TypeVar("T")
 
@@ -249,3 +249,33 @@ def test_a_loop_ended_without_aclose_closes_its_connections(
     during = asyncio.run(main())  # no aclose(): asyncio.run's cancelling of leftover tasks
     assert during > before
     wait_until(lambda: open_connections() == before, what="the loop's connections closed")
+
+
+def test_aget_polls_in_poll_only_mode(database_url: str) -> None:
+    # PGCELERY_LISTEN=false (PgBouncer in transaction pooling mode): no LISTEN, reads every
+    # interval instead.
+    settings = Settings(
+        DATABASE_URL=database_url,
+        PGCELERY_METRICS_ENABLED=False,
+        PGCELERY_PRUNE_INTERVAL=0,
+        PGCELERY_LISTEN=False,
+    )
+    app = create_app("poll-only", include=["tests.support.tasks"], settings=settings)
+
+    async def main() -> list[Any]:
+        results = await asyncio.gather(
+            *(asend(app.signature("tests.add", (i, i))) for i in range(20))
+        )
+        values = await asyncio.gather(*(aget(r, timeout=60, interval=0.1) for r in results))
+        with psycopg.connect(postgres.libpq(database_url)) as conn:
+            listening = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            ).fetchone()
+        return [list(values), listening]
+
+    with solo_worker(app):
+        values, listening = run(main)
+    app.close()
+    assert values == [2 * i for i in range(20)]
+    assert listening == (0,)
