@@ -5,10 +5,14 @@ One ``DATABASE_URL``, no Redis, no RabbitMQ. Start with :func:`create_app`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pgcelery import module_aliases
 from pgcelery.app import create_app
+from pgcelery.broker.async_publish import asend
 from pgcelery.broker.bulk import send_many
 from pgcelery.broker.transactional import enqueue_in, send_in_transaction
+from pgcelery.event_loops import aclose
 from pgcelery.exceptions import (
     ConfigurationError,
     InvalidTenantId,
@@ -26,6 +30,24 @@ from pgcelery.tenancy import (
     tenant_task,
 )
 
+if TYPE_CHECKING:
+    from pgcelery.results.awaiting import aget
+
+#: Imported on first use: the result waiters are not needed by a worker or a sync producer.
+_LAZY = {"aget": "pgcelery.results.awaiting"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgcelery' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 # Old import paths (``pgcelery.beat``, ``pgcelery.migrations``, ...) answer with the moved modules.
 module_aliases.install()
 
@@ -37,6 +59,9 @@ __all__ = [
     "SchemaError",
     "SchemaNotMigrated",
     "TenantRequired",
+    "aclose",
+    "aget",
+    "asend",
     "create_app",
     "current_correlation_id",
     "current_tenant_id",

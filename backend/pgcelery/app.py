@@ -90,7 +90,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
-class PgCelery(Celery):  # type: ignore[misc]
+class PgCelery(Celery):
     """Celery, whose ``producer_or_acquire`` blocks send a group's messages in one INSERT."""
 
     @contextmanager

@@ -131,14 +131,8 @@ def test_a_group_result_is_read_in_one_query_per_round(
     single: list[str] = []
     original = backend._metas
     monkeypatch.setattr(backend, "_metas", lambda ids: reads.append(len(ids)) or original(ids))
-    original_query = backend._query_task
-
-    def one(session: Any, task_id: str, for_update: bool = False) -> Any:
-        if getattr(backend._prefetched, "rows", None) is None:
-            single.append(task_id)
-        return original_query(session, task_id, for_update)
-
-    monkeypatch.setattr(backend, "_query_task", one)
+    original_read = backend._read_task
+    monkeypatch.setattr(backend, "_read_task", lambda tid: single.append(tid) or original_read(tid))
     assert results.get(timeout=10) == [i + 1 for i in range(40)]
     assert reads == [40]
     assert single == []

@@ -44,7 +44,9 @@ def caller_connection() -> psycopg.Connection[Any] | None:
     return _CALLER.get()
 
 
-_IDENTITY = "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+IDENTITY_SQL = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+)
 Identity = tuple[str | None, str]
 #: Callers' connections already found to be on the broker's database.
 _CHECKED: weakref.WeakKeyDictionary[psycopg.Connection[Any], Identity] = weakref.WeakKeyDictionary()
@@ -56,7 +58,7 @@ def identity_of(connection: psycopg.Connection[Any]) -> Identity:
         # A savepoint inside the caller's transaction (a transaction of its own otherwise), so a
         # server that refuses pg_control_system() does not abort the caller's work.
         with connection.transaction():
-            row = connection.execute(_IDENTITY).fetchone()
+            row = connection.execute(IDENTITY_SQL).fetchone()
     except psycopg.errors.InsufficientPrivilege:
         with connection.transaction():
             row = connection.execute("SELECT NULL, current_database()").fetchone()
@@ -68,7 +70,12 @@ def check_same_database(outer: psycopg.Connection[Any], broker: Identity) -> Non
     """Refuse ``outer`` unless it is on the broker's database (checked once per connection)."""
     if _CHECKED.get(outer) == broker:
         return
-    found = identity_of(outer)
+    refuse_other_database(identity_of(outer), broker)
+    _CHECKED[outer] = broker
+
+
+def refuse_other_database(found: Identity, broker: Identity) -> None:
+    """Raise :class:`ConfigurationError` unless ``found`` is the broker's database."""
     same_cluster = found[0] is None or broker[0] is None or found[0] == broker[0]
     if not (same_cluster and found[1] == broker[1]):
         raise ConfigurationError(
@@ -77,4 +84,3 @@ def check_same_database(outer: psycopg.Connection[Any], broker: Identity) -> Non
             f"{broker[1]!r}: the task would never reach a worker. Pass a connection to the "
             "database in DATABASE_URL (for example pgcelery.db.session())."
         )
-    _CHECKED[outer] = broker

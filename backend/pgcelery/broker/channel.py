@@ -12,7 +12,6 @@ from queue import Empty
 from typing import Any
 
 import psycopg
-from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from pgcelery import connections, dsn
@@ -25,11 +24,13 @@ from pgcelery.broker.caller_transaction import (
     check_same_database,
     identity_of,
 )
+from pgcelery.broker.channel_options import ChannelOptions
 from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.queue_rows import resolve_fenced
+from pgcelery.broker.recording import Insert, record
 from pgcelery.broker.settling import Settling
 from pgcelery.schema.tables import Names
 
@@ -38,42 +39,11 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 100
 
 
-class Channel(virtual.Channel):
+class Channel(ChannelOptions):
     QoS = QoS
-    from_transport_options = (
-        *virtual.Channel.from_transport_options,
-        "visibility_timeout",
-        "polling_interval",
-        "listen",
-        "schema",
-        "async_commit",
-        "binding_ttl",
-        "broadcast_max_rows",
-        "broadcast_max_age",
-        "broadcast_prune_every",
-        "events_poll_interval",
-        "max_deliveries",
-        "statement_timeout",
-    )
-    visibility_timeout: float = 30.0
-    polling_interval: float = 1.0
-    listen: bool = True
-    schema: str = "public"
-    #: Claims, acks, rejects and releases commit without waiting for the WAL flush.
-    async_commit: bool = True
     # Broadcast (pgcelery.broker.broadcast): fanout across processes, for remote control and events.
     supports_fanout = True
     exchange_types = dict(EXCHANGE_TYPES)
-    binding_ttl: float = 30.0
-    broadcast_max_rows: int = 10_000
-    broadcast_max_age: float = 600.0
-    broadcast_prune_every: int = 100
-    #: Seconds between an event receiver's reads of the broadcast log (pgcelery.broker.broadcast).
-    events_poll_interval: float = 0.1
-    #: Deliveries without an ack after which a message goes to the dead letters (0: no limit).
-    max_deliveries: int = 5
-    #: Seconds a broker statement may run before the server cancels it (0: no limit).
-    statement_timeout: float = 30.0
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -228,6 +198,10 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
+        recorded = record()
+        if recorded is not None:  # an async publish (pgcelery.broker.async_publish) runs it
+            recorded.append(Insert(self._conninfo, self.sql.put, values, self.statement_timeout))
+            return
         batch = bulk.collecting()
         if batch is not None:  # a group's member: sent with the others (pgcelery.broker.bulk)
             batch.add(self, values)

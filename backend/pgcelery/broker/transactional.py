@@ -8,16 +8,22 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 import psycopg
 from celery.canvas import Signature
 from celery.result import AsyncResult
 
+from pgcelery.broker.async_publish import is_async_connection, send_in_async_transaction
 from pgcelery.broker.transport import enqueue_using
 from pgcelery.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    _AsyncSqlAlchemy: TypeAlias = AsyncSession | AsyncConnection
 
 
 def _psycopg_connection(connection_or_session: Any) -> psycopg.Connection[Any]:
@@ -59,10 +65,26 @@ def enqueue_in(connection_or_session: Any) -> Iterator[None]:
         yield
 
 
+@overload
+def send_in_transaction(
+    connection_or_session: psycopg.AsyncConnection[Any] | _AsyncSqlAlchemy,
+    signature: Signature,
+    **options: Any,
+) -> Coroutine[Any, Any, AsyncResult]: ...
+@overload
 def send_in_transaction(
     connection_or_session: Any, signature: Signature, **options: Any
-) -> AsyncResult:
-    """Send ``signature`` inside the caller's open transaction (see module docstring)."""
+) -> AsyncResult: ...
+def send_in_transaction(
+    connection_or_session: Any, signature: Signature, **options: Any
+) -> AsyncResult | Coroutine[Any, Any, AsyncResult]:
+    """Send ``signature`` inside the caller's open transaction (see module docstring).
+
+    On an async connection or session (psycopg ``AsyncConnection``, SQLAlchemy ``AsyncSession``
+    or ``AsyncConnection``) it returns a coroutine: ``await send_in_transaction(session, sig)``.
+    """
+    if is_async_connection(connection_or_session):
+        return send_in_async_transaction(connection_or_session, signature, **options)
     with enqueue_in(connection_or_session):
         # retry=False: retrying a failed INSERT on a connection whose transaction is now
         # aborted cannot succeed; the error belongs to the caller's transaction.

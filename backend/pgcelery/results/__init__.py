@@ -2,9 +2,10 @@
 
 Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits),
 ``deferred_start`` (STARTED stored only for tasks that run long enough to be seen) and
-``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner).
+``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner)
+and ``awaiting`` (``await aget(result)``: one async ``LISTEN`` connection per event loop).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``,
-the broker's ``listener`` and observability's ``redaction``. Never the app factory, the CLI,
-tenancy, scheduling or the dashboard.
+``event_loops``, the broker's ``listener`` and observability's ``redaction``. Never the app
+factory, the CLI, tenancy, scheduling or the dashboard.
 """

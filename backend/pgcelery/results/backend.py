@@ -9,6 +9,7 @@ no table creation ever, and waiting on the result trigger's NOTIFY.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,10 @@ from pgcelery.schema.tables import Names
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
+#: A row read elsewhere, given to Celery's decoding instead of a read (see meta_from_row).
+_READ_ELSEWHERE: contextvars.ContextVar[tuple[str, tuple[Any, ...] | None] | None] = (
+    contextvars.ContextVar("pgcelery_row_read_elsewhere", default=None)
+)
 _ENGINES: dict[tuple[int, str], tuple[sa.Engine, sessionmaker[Session]]] = {}
 _ENGINES_LOCK = threading.Lock()
 
@@ -85,8 +90,6 @@ class PgBackend(DatabaseBackend):
         self._chord_sql = chords.ChordSql(Names(self._task_table.schema or "public"))
         # The chord a thread's last stored result counted in, and whether it completed it.
         self._counted = threading.local()
-        # Rows read by get_many, handed to Celery's per-task decoding through _query_task.
-        self._prefetched = threading.local()
 
     def _pool(self, async_commit: bool = False) -> Any:
         return connections.pool(
@@ -210,25 +213,42 @@ class PgBackend(DatabaseBackend):
         return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
 
     @cached_property
-    def _sql_select_many(self) -> str:
-        return self._sql_select.replace("task_id = %s", "task_id = ANY(%s)")
+    def sql_select_many(self) -> str:
+        """Params: task ids. Rows of those tasks: ``task_id``, then :meth:`meta_from_row`'s."""
+        names = Names(self._task_table.schema or "public")
+        columns = ", ".join(f'"{name}"' for name in self._mapped)
+        return f"SELECT task_id, {columns} FROM {names.task} WHERE task_id = ANY(%s)"
+
+    def meta_from_row(self, task_id: str, found: tuple[Any, ...] | None) -> dict[str, Any]:
+        """Celery's own decoding of a row read elsewhere (in batches: get_many, the async
+        waiters)."""
+        token = _READ_ELSEWHERE.set((task_id, found))
+        try:
+            meta: dict[str, Any] = self._get_task_meta_for(task_id)
+        finally:
+            _READ_ELSEWHERE.reset(token)
+        return meta
 
     def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
         # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
-        prefetched = getattr(self._prefetched, "rows", None)
-        if prefetched is not None:
-            return prefetched.get(task_id)
+        elsewhere = _READ_ELSEWHERE.get()
+        if elsewhere is not None and elsewhere[0] == task_id:
+            found = elsewhere[1]
+        else:
+            found = self._read_task(task_id)
+        if found is None:
+            return None
+        row = self.task_cls(task_id)
+        for name, value in zip(self._mapped, found, strict=True):
+            setattr(row, name, value)
+        return row
+
+    def _read_task(self, task_id: str) -> tuple[Any, ...] | None:
         if self._deferred_starts is not None:
             self._deferred_starts.flush(task_id)
         with self._pool().connection() as conn:
-            found = conn.execute(self._sql_select, (task_id,)).fetchone()
-        return None if found is None else self._row(task_id, found)
-
-    def _row(self, task_id: str, values: Iterable[Any]) -> Any:
-        row = self.task_cls(task_id)
-        for name, value in zip(self._mapped, values, strict=True):
-            setattr(row, name, value)
-        return row
+            found: tuple[Any, ...] | None = conn.execute(self._sql_select, (task_id,)).fetchone()
+        return found
 
     def _metas(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored state of every one of ``task_ids``, read in one query."""
@@ -236,14 +256,9 @@ class PgBackend(DatabaseBackend):
             for task_id in task_ids:
                 self._deferred_starts.flush(task_id)
         with self._pool().connection() as conn:
-            found = conn.execute(self._sql_select_many, (task_ids,)).fetchall()
-        task_at = self._mapped.index("task_id")
-        # Decoded by Celery's own _get_task_meta_for, fed these rows instead of a query each.
-        self._prefetched.rows = {row[task_at]: self._row(row[task_at], row) for row in found}
-        try:
-            return {task_id: self._get_task_meta_for(task_id) for task_id in task_ids}
-        finally:
-            self._prefetched.rows = None
+            rows = conn.execute(self.sql_select_many, (task_ids,)).fetchall()
+        found = {row[0]: tuple(row[1:]) for row in rows}
+        return {task_id: self.meta_from_row(task_id, found.get(task_id)) for task_id in task_ids}
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, RETRYABLE) or bool(super().exception_safe_to_retry(exc))

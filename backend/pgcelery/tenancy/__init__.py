@@ -2,10 +2,12 @@
 
 Owns ``scope`` (tenant and correlation ids in contextvars), ``tasks`` (``tenant_task``, the
 headers that carry the ids, the worker-side binding), ``db`` (sessions whose transactions set the
-tenant GUCs locally, for row-level security) and ``payloads`` (typed task arguments).
+tenant GUCs locally, for row-level security; ``async_db`` for event loops, ``gucs`` the settings
+both make) and ``payloads`` (typed task arguments).
 
-May import: ``pgcelery.exceptions`` and ``settings``. ``scope`` imports nothing of pgcelery's
-but the exceptions, so every other package may read the current ids from it.
+May import: ``pgcelery.exceptions``, ``settings``, ``dsn`` and ``event_loops``. ``scope`` imports
+nothing of pgcelery's but the exceptions, so every other package may read the current ids from
+it.
 """
 
 from __future__ import annotations

@@ -20,63 +20,18 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery.settings import Settings
-from pgcelery.tenancy.scope import current_scope
-
-_SET_TENANT = sa.text("SELECT set_config(:tenant_guc, :tenant_id, true)")
-_SET_BOTH = sa.text(
-    "SELECT set_config(:tenant_guc, :tenant_id, true),"
-    " set_config(:correlation_guc, :correlation_id, true)"
-)
-_SET_CORRELATION = sa.text("SELECT set_config(:correlation_guc, :correlation_id, true)")
-
-
-@dataclass(frozen=True)
-class _Key:
-    pid: int
-    url: str
-    pool_size: int
-    max_overflow: int
-    tenant_guc: str
-    correlation_guc: str
-    transaction_pooling: bool
-
+from pgcelery.tenancy.gucs import EngineKey as _Key
+from pgcelery.tenancy.gucs import apply_ids as _apply_ids
+from pgcelery.tenancy.gucs import key_for
 
 _ENGINES: dict[_Key, tuple[sa.Engine, sessionmaker[Session]]] = {}
 _LOCK = threading.Lock()
-
-
-def _settings(settings: Settings | None) -> Settings:
-    if settings is not None:
-        return settings
-    from celery import current_app
-
-    from pgcelery.settings import settings_of
-
-    return settings_of(current_app)
-
-
-def _apply_ids(key: _Key, connection: sa.Connection) -> None:
-    scope = current_scope()
-    params: dict[str, Any] = {
-        "tenant_guc": key.tenant_guc,
-        "tenant_id": scope.tenant_id,
-        "correlation_guc": key.correlation_guc,
-        "correlation_id": scope.correlation_id,
-    }
-    if scope.tenant_id is not None and scope.correlation_id is not None:
-        connection.execute(_SET_BOTH, params)
-    elif scope.tenant_id is not None:
-        connection.execute(_SET_TENANT, params)
-    elif scope.correlation_id is not None:
-        connection.execute(_SET_CORRELATION, params)
 
 
 def _create(key: _Key) -> tuple[sa.Engine, sessionmaker[Session]]:
@@ -99,16 +54,7 @@ def _create(key: _Key) -> tuple[sa.Engine, sessionmaker[Session]]:
 
 
 def _entry(settings: Settings | None) -> tuple[sa.Engine, sessionmaker[Session]]:
-    found = _settings(settings)
-    key = _Key(
-        pid=os.getpid(),
-        url=found.sync_url,
-        pool_size=found.db_pool_size,
-        max_overflow=found.db_max_overflow,
-        tenant_guc=found.tenant_guc,
-        correlation_guc=found.correlation_guc,
-        transaction_pooling=not found.listen,
-    )
+    key = key_for(settings, os.getpid())
     with _LOCK:
         entry = _ENGINES.get(key)
         if entry is None:
@@ -170,3 +116,21 @@ def _forget_parent_engines() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_parent_engines)
+
+
+# The same, from an event loop (psycopg AsyncConnection, SQLAlchemy AsyncSession).
+from pgcelery.tenancy.async_db import (  # noqa: E402
+    async_connection,
+    async_engine,
+    async_session,
+)
+
+__all__ = [
+    "async_connection",
+    "async_engine",
+    "async_session",
+    "connection",
+    "dispose",
+    "engine",
+    "session",
+]
