@@ -45,6 +45,12 @@ def noop() -> float:
     return time.time()
 
 
+@app.task(name="bench.count")
+def count(results: list[float]) -> int:
+    """A chord body: how many header results it got."""
+    return len(results)
+
+
 @app.task(name="bench.sleep10")
 def sleep10() -> None:
     time.sleep(0.01)

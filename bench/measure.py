@@ -3,7 +3,8 @@
 Starts its own worker processes, then: enqueue rate and end-to-end throughput (2,000 no-op
 tasks with results) with the CPU time each process spent on them, round trip and pickup latency
 (300 sequential tasks), scaling on a 10 ms task, worker RSS before and after 10,000 tasks, and
-what is left in ``kombu_message``.
+what is left in ``kombu_message``; a chord of 1,000 no-op tasks end to end, and the enqueue
+rate of a group of 10,000.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ E2E_TASKS = int(os.environ.get("BENCH_E2E_TASKS", "2000"))
 RTT_TASKS = int(os.environ.get("BENCH_RTT_TASKS", "300"))
 RSS_TASKS = int(os.environ.get("BENCH_RSS_TASKS", "10000"))
 SCALE_TASKS = int(os.environ.get("BENCH_SCALE_TASKS", "400"))
+CHORD_TASKS = int(os.environ.get("BENCH_CHORD_TASKS", "1000"))
+BULK_TASKS = int(os.environ.get("BENCH_BULK_TASKS", "10000"))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -142,7 +145,10 @@ def _table_size() -> tuple[int, int]:
 def main() -> None:
     config = os.environ["BENCH_CONFIG"]
     count = int(os.environ.get("BENCH_WORKERS", "1"))
+    from celery import chord, group
+
     from bench.apps import app, noop, sleep10
+    from bench.apps import count as count_results
 
     out: dict[str, Any] = {"config": config, "workers": count}
     with ExitStack() as stack:
@@ -179,6 +185,16 @@ def main() -> None:
         started = time.perf_counter()
         _wait_all([sleep10.delay() for _ in range(SCALE_TASKS)])
         out["sleep10_per_s"] = SCALE_TASKS / (time.perf_counter() - started)
+
+        started = time.perf_counter()
+        joined = chord(noop.si() for _ in range(CHORD_TASKS))(count_results.s())
+        assert joined.get(timeout=900) == CHORD_TASKS
+        out["chord_per_s"] = CHORD_TASKS / (time.perf_counter() - started)
+
+        started = time.perf_counter()
+        group(noop.si().set(ignore_result=True) for _ in range(BULK_TASKS)).apply_async()
+        out["bulk_enqueue_per_s"] = BULK_TASKS / (time.perf_counter() - started)
+        _drain(app, config)
 
         before = max(workers.rss_mb())
         for _ in range(RSS_TASKS):

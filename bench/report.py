@@ -15,6 +15,8 @@ ROWS = [
     ("pickup_p50_ms", "pickup latency p50 (ms)", False),
     ("pickup_p99_ms", "pickup latency p99 (ms)", False),
     ("sleep10_per_s", "10 ms tasks (tasks/s)", True),
+    ("chord_per_s", "chord of 1,000 no-op tasks, end to end (header tasks/s)", True),
+    ("bulk_enqueue_per_s", "group of 10,000 tasks, enqueue (msg/s)", True),
     ("rss_before_mb", "worker RSS before 10,000 tasks (MB)", False),
     ("rss_after_mb", "worker RSS after 10,000 tasks (MB)", False),
     ("kombu_message_rows", "kombu_message rows after the run", False),
