@@ -110,3 +110,11 @@ def test_a_block_that_raises_sends_nothing(app: Celery, database_url: str) -> No
     with pytest.raises(RuntimeError):
         _send_five_then_fail(app)
     assert scalar(database_url, MESSAGES) == 0
+
+
+def test_scheduled_members_of_a_batch_wait_for_their_eta(app: Celery, database_url: str) -> None:
+    send_many([app.signature("tests.add", args=(i, 0)) for i in range(3)], countdown=3600)
+    group(app.signature("tests.add", args=(1, 1)) for _ in range(2)).apply_async()
+    later = "SELECT count(*) FROM kombu_message WHERE visible_at > now() + interval '50 minutes'"
+    assert scalar(database_url, later) == 3
+    assert scalar(database_url, "SELECT count(*) FROM kombu_message WHERE visible_at <= now()") == 2

@@ -17,6 +17,7 @@ transaction, and is never retried: the caller's transaction decides.
 from __future__ import annotations
 
 import contextvars
+import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,9 +31,13 @@ from kombu.exceptions import OperationalError
 Row = tuple[str, int, int, Any]
 
 
-def columns(rows: list[Row]) -> tuple[list[Any], ...]:
-    """Rows as one array per column, the parameters of ``MessageSql.put_many``."""
-    return tuple(list(column) for column in zip(*rows, strict=True))
+def as_json(rows: list[Row]) -> tuple[str]:
+    """Rows as the one JSON parameter of ``MessageSql.put_many``."""
+    return (
+        json.dumps(
+            [[p, q, pr, None if due is None else due.isoformat()] for p, q, pr, due in rows]
+        ),
+    )
 
 
 class BatchingChannel(Protocol):

@@ -210,7 +210,7 @@ class Channel(ChannelOptions):
 
     def _put_rows(self, rows: list[bulk.Row]) -> None:
         query, params = (
-            (self.sql.put, rows[0]) if len(rows) == 1 else (self.sql.put_many, bulk.columns(rows))
+            (self.sql.put, rows[0]) if len(rows) == 1 else (self.sql.put_many, bulk.as_json(rows))
         )
         outer = caller_connection()
         if outer is not None:

@@ -72,16 +72,16 @@ class MessageSql:
 
     @cached_property
     def put_many(self) -> str:
-        """Params: arrays of payloads, queue ids, priorities and due times: :attr:`put` for
-        many messages in one statement (ids in array order)."""
+        """Param: a JSON array of ``[payload, queue id, priority, due time]``: :attr:`put` for
+        many messages in one statement, ids in array order. (One JSON text, because psycopg
+        builds array parameters element by element in Python: 0.16 ms a message.)"""
         return (
             f"INSERT INTO {self.names.message}"
             " (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
             f" SELECT nextval('{self.names.sequence('message_id_sequence')}'),"
-            " true, now() AT TIME ZONE 'UTC', m.payload, 1, m.queue_id, m.priority,"
-            " greatest(now(), coalesce(m.due, now()))"
-            " FROM unnest(%s::text[], %s::int[], %s::smallint[], %s::timestamptz[])"
-            " AS m(payload, queue_id, priority, due)"
+            " true, now() AT TIME ZONE 'UTC', m->>0, 1, (m->>1)::int, (m->>2)::smallint,"
+            " greatest(now(), coalesce((m->>3)::timestamptz, now()))"
+            " FROM json_array_elements(%s::json) AS r(m)"
         )
 
     @cached_property
