@@ -10,11 +10,17 @@ from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
-from pgcelery import dsn
+from pgcelery import celery_overrides, dsn
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
 
-__all__ = ["BUILTIN_TASK_MODULES", "create_app", "production_defaults", "settings_of"]
+__all__ = [
+    "BUILTIN_TASK_MODULES",
+    "PgceleryApp",
+    "create_app",
+    "production_defaults",
+    "settings_of",
+]
 
 #: Task modules every pgcelery app includes.
 BUILTIN_TASK_MODULES = ("pgcelery.tasks.housekeeping", "pgcelery.tasks.maintenance")
@@ -87,6 +93,29 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
+class PgceleryApp(Celery):  # type: ignore[misc]
+    """The Celery app ``create_app`` returns: Celery itself, except that reading its
+    configuration refuses a broker or result backend that is not ``DATABASE_URL``'s.
+
+    (Celery's ``on_after_configure`` signal swallows what its receivers raise, so the check
+    sits where the configuration is loaded: when the app is first used, and again after every
+    ``config_from_object``.)
+    """
+
+    def _load_config(self) -> Any:
+        conf = super()._load_config()
+        settings = getattr(self, "pgcelery_settings", None)
+        if isinstance(settings, Settings):
+            expected = celery_overrides.Expected(settings.database_url)
+            found = celery_overrides.problems_in_environment(
+                expected
+            ) + celery_overrides.problems_in_conf(expected, lambda name: getattr(conf, name))
+            if found:
+                self._conf = None  # every later use of the configuration is refused too
+                celery_overrides.refuse(found)
+        return conf
+
+
 def create_app(
     main: str = "pgcelery",
     *,
@@ -96,14 +125,19 @@ def create_app(
     """Create a Celery app whose broker and result backend are the PostgreSQL in DATABASE_URL.
 
     ``include`` names the host's task modules; pgcelery's built-in tasks are always included.
-    Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``.
+    Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``,
+    except the broker and the result backend: a ``CELERY_BROKER_URL``-style variable or a config
+    module that would move them off ``DATABASE_URL`` raises
+    :class:`~pgcelery.exceptions.ConfigurationError` (here, or when the configuration is read).
     """
     settings = settings or Settings()
+    expected = celery_overrides.Expected(settings.database_url)
+    celery_overrides.refuse(celery_overrides.problems_in_environment(expected))
     # Process-wide: ``sqla+`` URLs are served by pgcelery's transport from here on.
     from pgcelery.broker import transport
 
     transport.install()
-    app = Celery(
+    app = PgceleryApp(
         main,
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),
@@ -112,8 +146,8 @@ def create_app(
         events="pgcelery.observability.events:PgEvents",
         set_as_current=True,
     )
-    app.conf.update(production_defaults(settings))
     app.pgcelery_settings = settings
+    app.conf.update(production_defaults(settings))
     _install_app_hooks(app, settings)
     return app
 

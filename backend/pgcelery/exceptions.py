@@ -18,6 +18,10 @@ class ConfigurationError(PgceleryError, ValueError):
     """pgcelery is misconfigured: check DATABASE_URL and the PGCELERY_* variables."""
 
 
+class ConfigurationWarning(UserWarning):
+    """A PGCELERY_* variable is set that no pgcelery setting reads (misspelt?)."""
+
+
 class SchemaError(PgceleryError):
     """The database schema does not match this version of pgcelery.
 
