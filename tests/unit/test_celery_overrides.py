@@ -11,7 +11,7 @@ import pytest
 from pgcelery import ConfigurationError, create_app
 from pgcelery.settings import Settings
 
-URL = "postgresql://app:secret@db.example:5432/app"
+URL = "postgresql://app:overrides-pw-7c1@db.example:5432/app"
 
 
 def _settings() -> Settings:
@@ -34,7 +34,7 @@ def test_a_celery_variable_that_would_replace_the_broker_is_refused(
     with pytest.raises(ConfigurationError, match=f"unset {variable}") as refused:
         create_app("overridden", settings=_settings())
     assert "no fallback broker" in str(refused.value)
-    assert "secret" not in str(refused.value)
+    assert "overrides-pw-7c1" not in str(refused.value)
     assert "localhost" not in str(refused.value)
 
 
