@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,6 +174,58 @@ def test_procfiles_release_worker_and_beat(
         )
         if app == "myservice.worker":
             send(ROUND_TRIP, workdir, env)
+        wait_until(
+            lambda: "leader_elected" in beat.output() or beat.proc.poll() is not None,
+            timeout=120,
+            interval=0.2,
+            what="beat to lead",
+        )
+        assert beat.proc.poll() is None, beat.output()
+
+
+def _kubernetes_containers() -> list[dict[str, Any]]:
+    import yaml
+
+    text = (ROOT / "docs/howto/deploy-kubernetes.md").read_text()
+    containers: list[dict[str, Any]] = []
+    for block in re.findall(r"^```yaml\n(.*?)^```$", text, re.MULTILINE | re.DOTALL):
+        spec = yaml.safe_load(block)["spec"]["template"]["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            containers.append(container)
+    return containers
+
+
+def _memory_bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_kubernetes_worker_fits_its_own_memory_rule() -> None:
+    """The limit must exceed PGCELERY_MAX_MEMORY_PER_CHILD times the concurrency plus the parent."""
+    (worker,) = [c for c in _kubernetes_containers() if c["name"] == "worker"]
+    command = list(worker["command"])
+    concurrency = int(command[command.index("-c") + 1])
+    env = {e["name"]: e["value"] for e in worker.get("env", [])}
+    per_child_kib = int(env.get("PGCELERY_MAX_MEMORY_PER_CHILD", 512_000))
+    limit = _memory_bytes(worker["resources"]["limits"]["memory"])
+    assert per_child_kib * 1024 * concurrency + 100 * 1024**2 < limit
+
+
+def test_the_kubernetes_commands_run(empty_database_url: str) -> None:
+    containers = {str(c["name"]): c for c in _kubernetes_containers()}
+    with service("README.md", empty_database_url) as (workdir, env), ExitStack() as stack:
+        run(["pgcelery", "migrate"], workdir, env)  # the migration Job
+        run(list(containers["check"]["command"]), workdir, env)
+        processes = {}
+        for name in ("worker", "beat"):
+            extra = {e["name"]: e["value"] for e in containers[name].get("env", [])}
+            extra["PGCELERY_METRICS_ENABLED"] = "false"
+            process = Process(list(containers[name]["command"]), workdir, {**env, **extra})
+            stack.callback(process.stop)
+            processes[name] = process
+        ready(processes["worker"])
+        send(ROUND_TRIP, workdir, env)
+        beat = processes["beat"]
         wait_until(
             lambda: "leader_elected" in beat.output() or beat.proc.poll() is not None,
             timeout=120,
