@@ -2,7 +2,7 @@
 against a fresh (empty) database, with the service modules the pages define (issue 20).
 
 ``pip install`` and ``make dist`` lines are not run here (the package under test is already
-installed; `make dist` is exercised by CI's packaging step); every other command is.
+installed; CI runs ``make dist`` as a step of its own); every other command is.
 """
 
 from __future__ import annotations
