@@ -7,12 +7,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from celery._state import connect_on_app_finalize
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
 from pgcelery import celery_overrides, dsn
+from pgcelery.exceptions import ConfigurationError
 from pgcelery.scheduling.schedule import default_schedule
-from pgcelery.settings import Settings, settings_of
+from pgcelery.settings import Settings, settings_of, variable
 
 __all__ = [
     "BUILTIN_TASK_MODULES",
@@ -146,10 +148,35 @@ def create_app(
         events="pgcelery.observability.events:PgEvents",
         set_as_current=True,
     )
+    # Current in every thread, not only this one: Celery's current app is thread-local, so a
+    # shared task sent from a web server's thread would otherwise use Celery's default app.
+    app.set_default()
     app.pgcelery_settings = settings
     app.conf.update(production_defaults(settings))
     _install_app_hooks(app, settings)
     return app
+
+
+def _refuse_celery_default_app(app: Celery) -> None:
+    """Celery's fallback app (``amqp://localhost``) must not send a task in a process configured
+    for pgcelery: that happens when a process imports its tasks but never the module that calls
+    ``create_app``. Its ``send_task`` (which ``delay`` and ``apply_async`` use) then raises."""
+    if isinstance(app, PgceleryApp) or app.main != "default" or not variable("DATABASE_URL"):
+        return
+    if app.conf.broker_url:  # configured on purpose
+        return
+
+    def refuse(name: str, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            f"task {name!r} was sent through Celery's default app (amqp://localhost), not "
+            "through pgcelery's: import the module that calls create_app (for example "
+            "myservice.worker) before sending, in every process that sends tasks"
+        )
+
+    app.send_task = refuse
+
+
+connect_on_app_finalize(_refuse_celery_default_app)
 
 
 def _install_app_hooks(app: Celery, settings: Settings) -> None:

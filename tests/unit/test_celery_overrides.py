@@ -73,3 +73,49 @@ def test_config_from_object_is_checked_too() -> None:
     with pytest.raises(ConfigurationError, match="broker_read_url"):  # noqa: PT012
         app.config_from_object(Leftover)  # reloads at once: the app was configured
         _ = app.conf.broker_read_url
+
+
+def test_the_app_is_current_in_every_thread() -> None:
+    """Celery's current app is thread-local: a web server's thread must not get the default."""
+    import threading
+
+    from celery import current_app
+
+    app = create_app("every-thread", settings=_settings())
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(current_app._get_current_object()))
+    thread.start()
+    thread.join(10)
+    assert seen == [app]
+    app.close()
+
+
+def test_celery_default_app_refuses_to_send_where_pgcelery_is_configured(tmp_path: Path) -> None:
+    """A process that imports its tasks (and pgcelery) but never create_app."""
+    import os
+    import subprocess
+
+    code = (
+        "import pgcelery\n"
+        "from celery import shared_task\n"
+        "@shared_task(name='svc.add')\n"
+        "def add(x, y):\n"
+        "    return x + y\n"
+        "try:\n"
+        "    add.delay(2, 3)\n"
+        "except pgcelery.ConfigurationError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PGCELERY_"))}
+    env["DATABASE_URL"] = URL
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: task 'svc.add' was sent through Celery's default app" in done.stdout
+    assert "import the module that calls create_app" in done.stdout
