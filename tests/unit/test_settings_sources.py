@@ -69,3 +69,13 @@ def test_valid_names_come_from_the_model() -> None:
     assert unknown_variables({"PGCELERY_SCHEMA", "PGCELERY_SCHEMAS", "HOME"}) == {
         "PGCELERY_SCHEMAS": "PGCELERY_SCHEMA"
     }
+
+
+def test_env_example_names_only_settings() -> None:
+    """`.env.example` is meant to be copied to .env: none of its names may draw a warning."""
+    from pgcelery.settings import dotenv_values
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    names = set(dotenv_values(str(example)))
+    assert "DATABASE_URL" in names
+    assert unknown_variables(names) == {}
