@@ -28,7 +28,9 @@ COMMANDS = (database, worker, dead_letters, dashboard)
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="pgcelery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pgcelery",
+        description=(__doc__ or "").partition("\n\nOwns")[0],  # the user's part of the docstring
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = root.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
