@@ -14,7 +14,8 @@ from celery.signals import celeryd_after_setup
 from pgcelery import celery_overrides, dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.scheduling.schedule import default_schedule
-from pgcelery.settings import Settings, settings_of, variable
+from pgcelery.settings import Settings, settings_of
+from pgcelery.variables import variable
 
 __all__ = [
     "BUILTIN_TASK_MODULES",

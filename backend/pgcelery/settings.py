@@ -12,12 +12,7 @@ environment, a ``.env`` file in the working directory (when there is one), the d
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
-import threading
-import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -30,17 +25,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pgcelery import dsn
-from pgcelery.exceptions import ConfigurationError, ConfigurationWarning
+from pgcelery import dsn, variables
+from pgcelery.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from celery import Celery
 
-#: The dotenv file read from the working directory, after the environment.
-DOTENV = ".env"
-_PREFIX = "PGCELERY_"
-_WARNED: set[str] = set()
-_WARNED_LOCK = threading.Lock()
+_PREFIX = variables.PREFIX
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$")
 _VIEW = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,7 +56,7 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         populate_by_name=True,
-        env_file=DOTENV,
+        env_file=variables.DOTENV,
         env_file_encoding="utf-8",
     )
 
@@ -294,48 +285,15 @@ def variable_names() -> frozenset[str]:
     return frozenset(env_name(field) for field in Settings.model_fields)
 
 
-def dotenv_values(path: str = DOTENV) -> dict[str, str]:
-    """The variables of the dotenv file ``path`` (none when it does not exist)."""
-    from dotenv import dotenv_values as read
-
-    if not Path(path).is_file():
-        return {}
-    return {k: v for k, v in read(path, encoding="utf-8").items() if v is not None}
-
-
-def variable(name: str) -> str:
-    """``name`` from the environment, else from ``.env``, else empty (the settings' order)."""
-    return os.environ.get(name) or dotenv_values().get(name, "")
-
-
 def unknown_variables(names: set[str] | None = None) -> dict[str, str | None]:
     """``PGCELERY_*`` names (default: the environment's and ``.env``'s) that no setting reads,
     each with the closest valid name or ``None``."""
-    if names is None:
-        names = {*os.environ, *dotenv_values()}
-    valid = variable_names()
-    found: dict[str, str | None] = {}
-    for name in sorted(names):
-        upper = name.upper()
-        if upper.startswith(_PREFIX) and upper not in valid:
-            close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
-            found[name] = close[0] if close else None
-    return found
-
-
-def describe_unknown(name: str, closest: str | None) -> str:
-    hint = f"did you mean {closest}?" if closest else "see docs/reference/settings.md"
-    return f"{name} is set but is not a pgcelery setting, so it has no effect: {hint}"
+    return variables.unknown(variable_names(), names)
 
 
 def warn_unknown_variables() -> None:
     """Warn, once per variable and process, about ``PGCELERY_*`` variables no setting reads."""
-    for name, closest in unknown_variables().items():
-        with _WARNED_LOCK:
-            if name in _WARNED:
-                continue
-            _WARNED.add(name)
-        warnings.warn(describe_unknown(name, closest), ConfigurationWarning, stacklevel=3)
+    variables.warn_unknown(variable_names())
 
 
 def env_name(field: str) -> str:
@@ -379,7 +337,7 @@ class MigrationSettings(BaseSettings):
         env_prefix=_PREFIX,
         case_sensitive=False,
         extra="ignore",
-        env_file=DOTENV,
+        env_file=variables.DOTENV,
         env_file_encoding="utf-8",
     )
 

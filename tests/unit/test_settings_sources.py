@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pgcelery import settings as settings_module
+from pgcelery import variables
 from pgcelery.exceptions import ConfigurationWarning
 from pgcelery.settings import Settings, unknown_variables, variable_names
 
@@ -18,7 +18,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     for name in ("DATABASE_URL", "PGCELERY_VISIBILITY_TIMEOUT", "PGCELERY_SCHEMA"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(settings_module, "_WARNED", set())
+    monkeypatch.setattr(variables, "_WARNED", set())
     return tmp_path
 
 
@@ -73,7 +73,7 @@ def test_valid_names_come_from_the_model() -> None:
 
 def test_env_example_names_only_settings() -> None:
     """`.env.example` is meant to be copied to .env: none of its names may draw a warning."""
-    from pgcelery.settings import dotenv_values
+    from pgcelery.variables import dotenv_values
 
     example = Path(__file__).resolve().parents[2] / ".env.example"
     names = set(dotenv_values(str(example)))

@@ -9,7 +9,7 @@ import psycopg
 import psycopg.errors
 import sqlalchemy.exc
 
-from pgcelery import dsn, settings
+from pgcelery import dsn, variables
 from pgcelery.exceptions import ConfigurationError, SchemaError
 from pgcelery.schema import preflight
 
@@ -18,7 +18,7 @@ Exit = preflight.Exit
 
 def database_url() -> str:
     """``DATABASE_URL`` from the environment, else from ``.env`` (as :class:`Settings` reads)."""
-    url = settings.variable("DATABASE_URL")
+    url = variables.variable("DATABASE_URL")
     if not url:
         raise ConfigurationError(
             "DATABASE_URL is not set: set it to a PostgreSQL URL "
@@ -51,7 +51,7 @@ def _headline(exc: BaseException) -> str:
 
 
 def _where() -> str:
-    url = settings.variable("DATABASE_URL")
+    url = variables.variable("DATABASE_URL")
     return f"the database in DATABASE_URL ({dsn.redact(url)})" if url else "the database"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pgcelery import celery_overrides, dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.schema import migrations
-from pgcelery.settings import variable
+from pgcelery.variables import variable
 
 DEFAULT_APP = "pgcelery.celery_app"
 #: The worker command of the Procfile, CI and the subprocess test fixture (after ``-A APP``).
