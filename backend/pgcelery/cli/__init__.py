@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 
 from pgcelery.cli import dashboard, database, dead_letters, environment, worker
+from pgcelery.exceptions import ConfigurationWarning
 
 #: One module per group of subcommands; each adds its parsers with ``register(sub)``.
 COMMANDS = (database, worker, dead_letters, dashboard)
@@ -45,8 +46,20 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
-def _one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
-    return f"pgcelery: warning: {message}\n"
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _one_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """pgcelery's own configuration warnings as one line; any other as Python prints it."""
+    if issubclass(category, ConfigurationWarning):
+        return f"pgcelery: warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
