@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: install run test lint typecheck bench soak chaos celery-suite docs pipcheck audit lock clean
+.PHONY: install run test lint typecheck bench soak chaos celery-suite docs dist pipcheck audit lock clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -58,8 +58,13 @@ celery-suite: install  ## Celery's own t/integration/test_tasks.py on pgcelery (
 docs: install  ## build the documentation site; any warning fails the build
 	$(VENV)/bin/mkdocs build --strict --site-dir .tools/site
 
+dist: | $(UV)  ## build the wheel and the sdist into dist/ (git-ignored): pip install dist/*.whl
+	rm -rf dist
+	$(UV) build --out-dir dist
+	@ls -1 dist
+
 lock: | $(UV)
 	$(UV) lock
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools dist .pytest_cache .mypy_cache .ruff_cache

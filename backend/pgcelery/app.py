@@ -8,16 +8,25 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from celery._state import connect_on_app_finalize
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
-from pgcelery import dsn
+from pgcelery import celery_overrides, dsn
 from pgcelery.broker import bulk
 from pgcelery.broker.caller_transaction import caller_connection
+from pgcelery.exceptions import ConfigurationError
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
+from pgcelery.variables import variable
 
-__all__ = ["BUILTIN_TASK_MODULES", "create_app", "production_defaults", "settings_of"]
+__all__ = [
+    "BUILTIN_TASK_MODULES",
+    "PgceleryApp",
+    "create_app",
+    "production_defaults",
+    "settings_of",
+]
 
 #: Task modules every pgcelery app includes.
 BUILTIN_TASK_MODULES = ("pgcelery.tasks.housekeeping", "pgcelery.tasks.maintenance")
@@ -90,8 +99,29 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
-class PgCelery(Celery):
-    """Celery, whose ``producer_or_acquire`` blocks send a group's messages in one INSERT."""
+class PgceleryApp(Celery):
+    """The Celery app ``create_app`` returns: Celery itself, except that reading its
+    configuration refuses a broker or result backend that is not ``DATABASE_URL``'s, and that
+    its ``producer_or_acquire`` blocks send a group's messages in one INSERT
+    (:mod:`pgcelery.broker.bulk`).
+
+    (Celery's ``on_after_configure`` signal swallows what its receivers raise, so the check
+    sits where the configuration is loaded: when the app is first used, and again after every
+    ``config_from_object``.)
+    """
+
+    def _load_config(self) -> Any:
+        conf = super()._load_config()
+        settings = getattr(self, "pgcelery_settings", None)
+        if isinstance(settings, Settings):
+            expected = celery_overrides.Expected(settings.database_url)
+            found = celery_overrides.problems_in_environment(
+                expected
+            ) + celery_overrides.problems_in_conf(expected, lambda name: getattr(conf, name))
+            if found:
+                self._conf = None  # every later use of the configuration is refused too
+                celery_overrides.refuse(found)
+        return conf
 
     @contextmanager
     def producer_or_acquire(self, producer: Any = None) -> Iterator[Any]:
@@ -113,14 +143,19 @@ def create_app(
     """Create a Celery app whose broker and result backend are the PostgreSQL in DATABASE_URL.
 
     ``include`` names the host's task modules; pgcelery's built-in tasks are always included.
-    Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``.
+    Every Celery setting pgcelery chooses can be overridden afterwards through ``app.conf``,
+    except the broker and the result backend: a ``CELERY_BROKER_URL``-style variable or a config
+    module that would move them off ``DATABASE_URL`` raises
+    :class:`~pgcelery.exceptions.ConfigurationError` (here, or when the configuration is read).
     """
     settings = settings or Settings()
+    expected = celery_overrides.Expected(settings.database_url)
+    celery_overrides.refuse(celery_overrides.problems_in_environment(expected))
     # Process-wide: ``sqla+`` URLs are served by pgcelery's transport from here on.
     from pgcelery.broker import transport
 
     transport.install()
-    app = PgCelery(
+    app = PgceleryApp(
         main,
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),
@@ -129,10 +164,35 @@ def create_app(
         events="pgcelery.observability.events:PgEvents",
         set_as_current=True,
     )
-    app.conf.update(production_defaults(settings))
+    # Current in every thread, not only this one: Celery's current app is thread-local, so a
+    # shared task sent from a web server's thread would otherwise use Celery's default app.
+    app.set_default()
     app.pgcelery_settings = settings
+    app.conf.update(production_defaults(settings))
     _install_app_hooks(app, settings)
     return app
+
+
+def _refuse_celery_default_app(app: Celery) -> None:
+    """Celery's fallback app (``amqp://localhost``) must not send a task in a process configured
+    for pgcelery: that happens when a process imports its tasks but never the module that calls
+    ``create_app``. Its ``send_task`` (which ``delay`` and ``apply_async`` use) then raises."""
+    if isinstance(app, PgceleryApp) or app.main != "default" or not variable("DATABASE_URL"):
+        return
+    if app.conf.broker_url:  # configured on purpose
+        return
+
+    def refuse(name: str, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            f"task {name!r} was sent through Celery's default app (amqp://localhost), not "
+            "through pgcelery's: import the module that calls create_app (for example "
+            "myservice.worker) before sending, in every process that sends tasks"
+        )
+
+    app.send_task = refuse
+
+
+connect_on_app_finalize(_refuse_celery_default_app)
 
 
 def _install_app_hooks(app: Celery, settings: Settings) -> None:

@@ -18,19 +18,26 @@ class ConfigurationError(PgceleryError, ValueError):
     """pgcelery is misconfigured: check DATABASE_URL and the PGCELERY_* variables."""
 
 
+class ConfigurationWarning(UserWarning):
+    """A PGCELERY_* variable is set that no pgcelery setting reads (misspelt?)."""
+
+
 class SchemaError(PgceleryError):
     """The database schema does not match this version of pgcelery.
 
-    Run `pgcelery migrate` (or `alembic upgrade head`) against DATABASE_URL.
+    Run `pgcelery migrate` (or `alembic upgrade heads` in a host's Alembic project) against
+    DATABASE_URL.
     """
 
 
 class SchemaNotMigrated(SchemaError):
-    """The pgcelery tables do not exist: run `pgcelery migrate` or `alembic upgrade head`."""
+    """The pgcelery tables do not exist: run `pgcelery migrate`
+    (or `alembic upgrade heads` in a host's Alembic project)."""
 
 
 class SchemaBehind(SchemaError):
-    """The database schema is behind the code: run `pgcelery migrate` or `alembic upgrade head`."""
+    """The database schema is behind the code: run `pgcelery migrate`
+    (or `alembic upgrade heads` in a host's Alembic project)."""
 
 
 class SchemaChangedWhileRunning(SchemaError):

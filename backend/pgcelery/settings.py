@@ -3,6 +3,11 @@
 ``DATABASE_URL`` is the only required variable; everything else is ``PGCELERY_*`` with a
 production default. Invalid values raise :class:`~pgcelery.exceptions.ConfigurationError` naming
 the variable and the rule, and never echo the value (it may hold a password).
+
+Where a value comes from, first match wins: keyword arguments to ``Settings(...)``, the process
+environment, a ``.env`` file in the working directory (when there is one), the default. A
+``PGCELERY_*`` variable that is no setting is reported once per process with a
+:class:`~pgcelery.exceptions.ConfigurationWarning` naming the closest valid one.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pgcelery import dsn
+from pgcelery import dsn, variables
 from pgcelery.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from celery import Celery
 
+_PREFIX = variables.PREFIX
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$")
 _VIEW = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
@@ -45,11 +51,13 @@ class Settings(BaseSettings):
     """pgcelery's settings; see docs/reference/settings.md for every variable."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PGCELERY_",
+        env_prefix=_PREFIX,
         case_sensitive=False,
         extra="ignore",
         frozen=True,
         populate_by_name=True,
+        env_file=variables.DOTENV,
+        env_file_encoding="utf-8",
     )
 
     database_url: str = Field(
@@ -196,6 +204,7 @@ class Settings(BaseSettings):
             super().__init__(**named)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        warn_unknown_variables()
 
     @field_validator("database_url")
     @classmethod
@@ -271,6 +280,22 @@ def _field_names(values: dict[str, Any]) -> dict[str, Any]:
     return named
 
 
+def variable_names() -> frozenset[str]:
+    """Every environment variable a setting reads, from the :class:`Settings` model itself."""
+    return frozenset(env_name(field) for field in Settings.model_fields)
+
+
+def unknown_variables(names: set[str] | None = None) -> dict[str, str | None]:
+    """``PGCELERY_*`` names (default: the environment's and ``.env``'s) that no setting reads,
+    each with the closest valid name or ``None``."""
+    return variables.unknown(variable_names(), names)
+
+
+def warn_unknown_variables() -> None:
+    """Warn, once per variable and process, about ``PGCELERY_*`` variables no setting reads."""
+    variables.warn_unknown(variable_names())
+
+
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     if field.lower() == "database_url":
@@ -308,7 +333,13 @@ class MigrationSettings(BaseSettings):
     so the revisions read only these two variables.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PGCELERY_", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        env_file=variables.DOTENV,
+        env_file_encoding="utf-8",
+    )
 
     schema_name: SqlIdentifier = Field(
         default="public", validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name")

@@ -16,7 +16,7 @@ from tests.support.waiting import wait_until
 from tests.support.workers import worker_process
 
 PASSWORD = "never-print-this-pw"
-FIX = "run `pgcelery migrate` or `alembic upgrade head`"
+FIX = "run `pgcelery migrate` (or `alembic upgrade heads` in a host's Alembic project)"
 
 
 def _with_password(url: str) -> str:

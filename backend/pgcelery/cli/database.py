@@ -4,25 +4,67 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import psycopg
+from psycopg import sql
 
 from pgcelery import dsn
 from pgcelery.cli.environment import database_url
+from pgcelery.exceptions import ConfigurationError
 from pgcelery.observability import stats
 from pgcelery.schema import migrations, preflight
-from pgcelery.schema.tables import Names
-from pgcelery.settings import Settings
+from pgcelery.schema.tables import VERSION_TABLE, Names
+from pgcelery.settings import MigrationSettings, Settings, warn_unknown_variables
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     url = database_url()
+    warn_unknown_variables()
     before = migrations.current(url)
     migrations.upgrade(url, args.revision)
     after = migrations.current(url)
     print(f"pgcelery schema: {before or 'empty'} -> {after} ({dsn.redact(url)})")
+    print(f"pgcelery: {_grant_app_role(url)}")
     return 0
+
+
+def _grant_app_role(url: str) -> str:
+    """Grant PGCELERY_APP_ROLE what workers need (again: the role may be newer than the
+    revisions that granted it), or say why not."""
+    wanted = MigrationSettings()
+    role, schema = wanted.app_role, wanted.schema_name
+    with psycopg.connect(dsn.libpq_url(url)) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if exists is None:
+            return (
+                f"grants skipped: role {role!r} (PGCELERY_APP_ROLE) does not exist; create it, "
+                "or set PGCELERY_APP_ROLE to the role workers connect as, and run "
+                "`pgcelery migrate` again"
+            )
+        ident = sql.Identifier
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident(schema), ident(role)))
+        for table, privileges in preflight.REQUIRED_TABLE_PRIVILEGES.items():
+            conn.execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+                    ident(schema, table),
+                    ident(role),
+                )
+            )
+        for sequence in preflight.REQUIRED_SEQUENCES:
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+                    ident(schema, sequence), ident(role)
+                )
+            )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(
+                ident(schema, VERSION_TABLE), ident(role)
+            )
+        )
+    return f"granted role {role!r} (PGCELERY_APP_ROLE) what workers and producers need"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -32,7 +74,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         mark = "ok  " if finding.ok else "FAIL"
         print(f"{mark} {finding.name}: {finding.detail}", flush=True)
 
-    return int(preflight.run_checks(report))
+    return int(preflight.run_checks(report, (lambda: _load_app(args.app)) if args.app else None))
+
+
+def _load_app(name: str) -> None:
+    """Import the service's app as ``celery -A`` does and read its configuration."""
+    from celery.app.utils import find_app
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        app = find_app(name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load the app {name!r} (-A): {exc}") from None
+    _ = app.conf.broker_url  # reading the configuration checks its broker and backend
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -80,6 +135,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(func=cmd_migrate)
     check = sub.add_parser("check", help="check configuration, database, schema, privileges")
+    check.add_argument(
+        "-A", "--app", help="also load this Celery app (module[:attr]) and check its broker"
+    )
     check.set_defaults(func=cmd_check)
     purge = sub.add_parser("purge", help="delete the waiting messages of a queue")
     purge.add_argument("--queue", required=True, help="queue name, for example celery")

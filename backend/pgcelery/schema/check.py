@@ -22,7 +22,7 @@ from pgcelery.schema import migrations
 
 log = logging.getLogger(__name__)
 
-_FIX = "run `pgcelery migrate` or `alembic upgrade head`"
+_FIX = "run `pgcelery migrate` (or `alembic upgrade heads` in a host's Alembic project)"
 _PASSED: set[tuple[str, str]] = set()
 _PASSED_LOCK = threading.Lock()
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import sqlalchemy.exc
 
-from pgcelery import dsn
+from pgcelery import celery_overrides, dsn
 from pgcelery.exceptions import ConfigurationError, SchemaError
 from pgcelery.schema.check import inspect_schema
 from pgcelery.schema.tables import (
@@ -95,10 +95,20 @@ def _has(conn: psycopg.Connection[Any], expression: str, params: tuple[str, ...]
     return bool(row and row[0])
 
 
-def run_checks(report: Callable[[Finding], None]) -> Exit:
-    """Run every check in order, reporting each; the exit code of the first failure, or OK."""
+def run_checks(
+    report: Callable[[Finding], None], load_app: Callable[[], object] | None = None
+) -> Exit:
+    """Run every check in order, reporting each; the exit code of the first failure, or OK.
+
+    ``load_app`` (``pgcelery check -A``) imports the service's app and reads its configuration,
+    so a config module that moves its broker off ``DATABASE_URL`` fails the configuration check.
+    """
     try:
         settings = Settings()
+        expected = celery_overrides.Expected(settings.database_url)
+        celery_overrides.refuse(celery_overrides.problems_in_environment(expected))
+        if load_app is not None:
+            load_app()
     except ConfigurationError as exc:
         report(Finding("configuration", False, str(exc)))
         return Exit.CONFIGURATION
