@@ -13,8 +13,15 @@ from celery.signals import celeryd_after_setup
 from pgcelery import dsn
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
+from pgcelery.tasks import unique
 
-__all__ = ["BUILTIN_TASK_MODULES", "create_app", "production_defaults", "settings_of"]
+__all__ = [
+    "BUILTIN_TASK_MODULES",
+    "PgCelery",
+    "create_app",
+    "production_defaults",
+    "settings_of",
+]
 
 #: Task modules every pgcelery app includes.
 BUILTIN_TASK_MODULES = ("pgcelery.tasks.housekeeping", "pgcelery.tasks.maintenance")
@@ -87,12 +94,29 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
+class PgCelery(Celery):  # type: ignore[misc]
+    """Celery with pgcelery's job control: unique sends (:mod:`pgcelery.tasks.unique`) and a
+    revoke that deletes a waiting task's message (:mod:`pgcelery.results.revocation`)."""
+
+    control_cls = "pgcelery.results.revocation:PgControl"
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        task = options.get("task_type")
+        request = unique.unique_request(name, task, args, kwargs, options)
+        if request is None:
+            return super().send_task(name, args, kwargs, **options)
+        result_cls = options.get("result_cls") or self.AsyncResult
+        return unique.send_unique(
+            super().send_task, result_cls, request, name, args, kwargs, options
+        )
+
+
 def create_app(
     main: str = "pgcelery",
     *,
     include: Iterable[str] = (),
     settings: Settings | None = None,
-) -> Celery:
+) -> PgCelery:
     """Create a Celery app whose broker and result backend are the PostgreSQL in DATABASE_URL.
 
     ``include`` names the host's task modules; pgcelery's built-in tasks are always included.
@@ -103,7 +127,7 @@ def create_app(
     from pgcelery.broker import transport
 
     transport.install()
-    app = Celery(
+    app = PgCelery(
         main,
         broker=dsn.broker_url(settings.database_url),
         backend=dsn.result_backend_url(settings.database_url),

@@ -30,6 +30,8 @@ from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.queue_rows import resolve_fenced
 from pgcelery.broker.settling import Settling
+from pgcelery.broker.unique import UniqueSql, put_unique
+from pgcelery.broker.unique import take as take_unique
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -226,6 +228,10 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
+        unique = take_unique()
+        if unique is not None:
+            self._put_unique(unique, queue, message, priority)
+            return
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
         outer = caller_connection()
         if outer is not None:
@@ -233,6 +239,22 @@ class Channel(virtual.Channel):
             outer.execute(self.sql.put, values)
             return
         self._execute(self.sql.put, values)
+
+    def _put_unique(self, unique: Any, queue: str, message: dict[str, Any], priority: int) -> None:
+        """A send with a unique key (:mod:`pgcelery.broker.unique`)."""
+        queue_id = self._queue_id(queue)
+        outer = caller_connection()
+        if outer is not None:
+            check_same_database(outer, self._database())
+        conn = outer if outer is not None else self._conn()
+        try:
+            put_unique(
+                conn, UniqueSql(self.names), unique, message, queue_id, priority, due_at(message)
+            )
+        except psycopg.OperationalError:
+            if outer is None:
+                self._drop_connection()
+            raise
 
     # -- consume -----------------------------------------------------------------------------
 

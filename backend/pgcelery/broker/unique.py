@@ -1,0 +1,198 @@
+"""Unique tasks at the database: one message per (task name, key) at a time.
+
+The producer side (:mod:`pgcelery.tasks.unique`) turns ``unique_key=`` into a
+:class:`UniqueSend` and sets it for the duration of one publish; the channel's ``_put`` then
+calls :func:`put_unique` instead of its plain ``INSERT``. A partial unique index on
+``kombu_message (unique_task, unique_key)`` (revision 0009) decides, so the rule holds across
+processes and inside a caller's transaction (a rolled-back send frees the key). A message stays
+in the table while pending, scheduled or running (pgcelery acks late), so the key is taken for
+all three; ``unique_for`` keeps it taken for that many seconds after the message leaves
+(``pgcelery_unique_hold``, written by a trigger on delete).
+
+A send that finds the key taken inserts nothing and reports the first task's id in
+:attr:`UniqueSend.existing_id`. In ``replace`` mode, a duplicate that no worker holds yet gets
+the new arguments, ETA and priority instead, keeping its task id (a debounce).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import psycopg
+from kombu.utils.json import dumps, loads
+
+from pgcelery.schema.tables import Names
+
+Mode = Literal["keep", "replace"]
+MODES: tuple[str, ...] = ("keep", "replace")
+#: Attempts when the duplicate vanishes between the insert and the look-up (it just finished).
+_ATTEMPTS = 5
+
+
+@dataclass
+class UniqueSend:
+    """One unique publish: its task name and key, and what happened."""
+
+    task: str
+    key: str
+    unique_for: float | None = None
+    mode: Mode = "keep"
+    #: Set by the broker when the key was taken: the first task's id (no message was added).
+    existing_id: str | None = field(default=None)
+    #: True when ``replace`` rewrote the pending duplicate.
+    replaced: bool = False
+
+
+_CURRENT: contextvars.ContextVar[UniqueSend | None] = contextvars.ContextVar(
+    "pgcelery_unique_send", default=None
+)
+
+
+@contextmanager
+def sending(request: UniqueSend) -> Iterator[UniqueSend]:
+    """Make the next message published on this thread a unique one."""
+    token = _CURRENT.set(request)
+    try:
+        yield request
+    finally:
+        _CURRENT.reset(token)
+
+
+def take() -> UniqueSend | None:
+    """The unique request for the message being published now, if any (used once)."""
+    request = _CURRENT.get()
+    if request is not None:
+        _CURRENT.set(None)
+    return request
+
+
+@dataclass(frozen=True)
+class UniqueSql:
+    names: Names
+
+    @cached_property
+    def put(self) -> str:
+        """Params: payload, queue id, priority, due time, task, key, unique_for."""
+        return (
+            f"INSERT INTO {self.names.message}"
+            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
+            " unique_task, unique_key, unique_for)"
+            f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
+            " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s)"
+            " ON CONFLICT (unique_task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
+            " RETURNING id"
+        )
+
+    @cached_property
+    def held(self) -> str:
+        """Params: task, key. The task id a finished task's hold keeps the key for."""
+        return (
+            f"SELECT task_id FROM {self.names.unique_hold}"
+            " WHERE unique_task = %s AND unique_key = %s AND held_until > now()"
+        )
+
+    @cached_property
+    def duplicate(self) -> str:
+        """Params: task, key. The message holding the key, locked (``replace`` rewrites it)."""
+        return (
+            f"SELECT id, payload, lease_token IS NULL FROM {self.names.message}"
+            " WHERE unique_task = %s AND unique_key = %s FOR UPDATE"
+        )
+
+    @cached_property
+    def replace(self) -> str:
+        """Params: payload, priority, due time, id."""
+        return (
+            f"UPDATE {self.names.message} SET payload = %s, priority = %s,"
+            " visible_at = greatest(now(), coalesce(%s::timestamptz, now())) WHERE id = %s"
+        )
+
+
+def _task_id(raw: str) -> str | None:
+    try:
+        headers = loads(raw).get("headers") or {}
+    except (ValueError, AttributeError):
+        return None
+    found = headers.get("id")
+    return found if isinstance(found, str) else None
+
+
+def _adopt_id(message: dict[str, Any], old_id: str) -> dict[str, Any]:
+    """The new message under the duplicate's task id (its result is the one callers hold)."""
+    headers = message.setdefault("headers", {})
+    new_id = headers.get("id")
+    headers["id"] = old_id
+    if headers.get("root_id") == new_id:
+        headers["root_id"] = old_id
+    properties = message.setdefault("properties", {})
+    if properties.get("correlation_id") == new_id:
+        properties["correlation_id"] = old_id
+    return message
+
+
+def put_unique(
+    conn: psycopg.Connection[Any],
+    sql: UniqueSql,
+    request: UniqueSend,
+    message: dict[str, Any],
+    queue_id: int,
+    priority: int,
+    due: Any,
+) -> None:
+    """Insert ``message`` unless its key is taken (see the module docstring).
+
+    Runs in a transaction of its own, or in a savepoint of the caller's: the insert and the
+    look-up of a finished task's hold see one another's effects in order, so a send racing the
+    first task's ack cannot slip between the two.
+    """
+    if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        # A caller's connection with nothing begun yet: begin its transaction, so the block
+        # below is a savepoint in it rather than a transaction of its own that commits.
+        conn.execute("SELECT 1")
+    for _ in range(_ATTEMPTS):
+        if _attempt(conn, sql, request, message, queue_id, priority, due):
+            return
+    raise psycopg.errors.UniqueViolation(f"unique key {request.key!r} kept changing hands")
+
+
+def _attempt(
+    conn: psycopg.Connection[Any],
+    sql: UniqueSql,
+    request: UniqueSend,
+    message: dict[str, Any],
+    queue_id: int,
+    priority: int,
+    due: Any,
+) -> bool:
+    """One try; False when the duplicate vanished before it could be read."""
+    key = (request.task, request.key)
+    with conn.transaction():
+        inserted = conn.execute(
+            sql.put, (dumps(message), queue_id, priority, due, *key, request.unique_for)
+        ).fetchone()
+        held = conn.execute(sql.held, key).fetchone()
+        if inserted is not None:
+            if held is None:
+                return True
+            request.existing_id = held[0]
+            raise psycopg.Rollback()  # the key is held: undo the insert (and end the block)
+        if held is not None:
+            request.existing_id = held[0]
+            return True
+        row = conn.execute(sql.duplicate, key).fetchone()
+        if row is None:
+            return False  # it finished meanwhile: try again
+        message_id, raw, waiting = row
+        request.existing_id = _task_id(raw)
+        if request.mode == "replace" and waiting and request.existing_id:
+            body = dumps(_adopt_id(message, request.existing_id))
+            conn.execute(sql.replace, (body, priority, due, message_id))
+            request.replaced = True
+        return True
+    return True  # rolled back: the hold's task id is the answer
