@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pgcelery import module_aliases
 from pgcelery.app import create_app
+from pgcelery.broker.pauses import pause_queue, resume_queue
 from pgcelery.broker.transactional import enqueue_in, send_in_transaction
 from pgcelery.exceptions import (
     ConfigurationError,
@@ -41,6 +42,8 @@ __all__ = [
     "current_tenant_id",
     "db",
     "enqueue_in",
+    "pause_queue",
+    "resume_queue",
     "send_in_transaction",
     "tenant_context",
     "tenant_task",

@@ -28,6 +28,7 @@ from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
+from pgcelery.broker.pauses import PauseCache
 from pgcelery.broker.queue_rows import resolve_fenced
 from pgcelery.broker.settling import Settling
 from pgcelery.broker.unique import UniqueSql, put_unique
@@ -94,6 +95,7 @@ class Channel(virtual.Channel):
         self.broadcast = ChannelBroadcast(self)
         self.settling = Settling(self)
         self.sql = MessageSql(self.names)
+        self.pauses = PauseCache(self.names)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -220,6 +222,7 @@ class Channel(virtual.Channel):
             return None
         if self._consumers and self.connection.claiming and self.qos.can_consume():
             queues = [q for q in self._active_queues if not self.broadcast.fed_by_log(q)]
+            queues = self.pauses.filter(self._execute, queues) if queues else queues
             if queues:
                 return self._get_many(queues, timeout=timeout)
         raise Empty()

@@ -1,12 +1,12 @@
 """The ``pgcelery`` command: migrate, check, run the worker, purge a queue, show statistics,
-list, replay and purge dead letters.
+list, replay and purge dead letters, list, pause and resume queues, revoke tasks.
 
 Exit codes: 0 success; 1 the command did not do what was asked (``purge`` without ``--yes``,
 an unknown queue); 2 invalid configuration; ``check`` adds 3 (database unreachable), 4 (schema
 not at head) and 5 (missing privileges). See docs/reference/cli.md.
 
 Owns the subcommands, one module per group (``database``: migrate, check, purge, stats;
-``worker``; ``dead_letters``; ``dashboard``), each adding its parsers with ``register``, and
+``worker``; ``dead_letters``; ``dashboard``; ``queues``; ``revoke``), each adding its parsers with ``register``, and
 ``environment``: what they read from the environment.
 
 May import anything in pgcelery: nothing imports the CLI.
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 
 import psycopg
 
-from pgcelery.cli import dashboard, database, dead_letters, worker
+from pgcelery.cli import dashboard, database, dead_letters, queues, revoke, worker
 from pgcelery.exceptions import PgceleryError
 from pgcelery.schema import preflight
 
 #: One module per group of subcommands; each adds its parsers with ``register(sub)``.
-COMMANDS = (database, worker, dead_letters, dashboard)
+COMMANDS = (database, worker, dead_letters, dashboard, queues, revoke)
 
 
 def parser() -> argparse.ArgumentParser:
