@@ -6,8 +6,8 @@ an unknown queue); 2 invalid configuration; ``check`` adds 3 (database unreachab
 not at head) and 5 (missing privileges). See docs/reference/cli.md.
 
 Owns the subcommands, one module per group (``database``: migrate, check, purge, stats;
-``worker``; ``dead_letters``; ``dashboard``; ``queues``; ``revoke``), each adding its parsers with ``register``, and
-``environment``: what they read from the environment.
+``worker``; ``dead_letters``; ``dashboard``; ``queues``; ``revoke``), each adding its parsers
+with ``register``, and ``environment``: what they read from the environment.
 
 May import anything in pgcelery: nothing imports the CLI.
 """
