@@ -358,3 +358,14 @@ def test_a_pass_against_an_unreachable_database_is_logged_once_not_raised() -> N
     failures = [r for r in records if r.getMessage() == "pgcelery.prune.failed"]
     assert len(failures) == 1, "an outage is logged once, not at every pass"
     assert "nobody" not in failures[0].__dict__.get("error", "")
+
+
+def test_unique_holds_that_ran_out_go(app: Celery, database_url: str) -> None:
+    _sql(
+        database_url,
+        "INSERT INTO pgcelery_unique_hold (unique_task, unique_key, task_id, held_until) VALUES"
+        " ('tests.add', 'over', 'a', now() - interval '1 second'),"
+        " ('tests.add', 'held', 'b', now() + interval '1 hour')",
+    )
+    assert _prune(app).counts["unique_holds"] == 1
+    assert _column(database_url, "SELECT unique_key FROM pgcelery_unique_hold") == {"held"}

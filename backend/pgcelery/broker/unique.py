@@ -196,3 +196,13 @@ def _attempt(
             request.replaced = True
         return True
     return True  # rolled back: the hold's task id is the answer
+
+
+def prune_holds(conn: psycopg.Connection[Any], names: Names, limit: int) -> int:
+    """Delete up to ``limit`` holds that ran out (the workers' pruner calls this)."""
+    cur = conn.execute(
+        f"DELETE FROM {names.unique_hold} WHERE ctid = ANY(ARRAY("
+        f"SELECT ctid FROM {names.unique_hold} WHERE held_until < now() LIMIT %s))",
+        (limit,),
+    )
+    return cur.rowcount

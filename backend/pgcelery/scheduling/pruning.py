@@ -18,6 +18,7 @@ started together does not prune together). A pass deletes, in short transactions
 ``groups``         ``celery_tasksetmeta`` rows older than ``result_expires``
 ``dead_letters``   ``pgcelery_dead_letter`` rows buried over ``PGCELERY_DEAD_LETTER_RETENTION``
                    seconds ago
+``unique_holds``   ``pgcelery_unique_hold`` rows whose ``unique_for`` period ran out
 =================  ==========================================================================
 
 Each transaction first takes ``pg_try_advisory_xact_lock`` on :func:`prune_lock_key`: while
@@ -46,6 +47,7 @@ from pgcelery.broker.bindings import BindingRegistry
 from pgcelery.broker.broadcast import prune_broadcasts
 from pgcelery.broker.channel import Channel
 from pgcelery.broker.dead_letters import purge as purge_dead_letters
+from pgcelery.broker.unique import prune_holds
 from pgcelery.broker.queue_rows import ephemeral_patterns, prune_unused
 from pgcelery.observability.heartbeat import DEAD_AFTER_BEATS, prune_dead
 from pgcelery.results.retention import PRUNE_BATCH, delete_expired, expiry_seconds
@@ -159,6 +161,7 @@ class PruneConfig:
                 ),
                 False,
             ),
+            ("unique_holds", lambda c: prune_holds(c, names, PRUNE_BATCH), True),
         ]
 
 
