@@ -47,8 +47,8 @@ from pgcelery.broker.bindings import BindingRegistry
 from pgcelery.broker.broadcast import prune_broadcasts
 from pgcelery.broker.channel import Channel
 from pgcelery.broker.dead_letters import purge as purge_dead_letters
-from pgcelery.broker.unique import prune_holds
 from pgcelery.broker.queue_rows import ephemeral_patterns, prune_unused
+from pgcelery.broker.unique import prune_holds
 from pgcelery.observability.heartbeat import DEAD_AFTER_BEATS, prune_dead
 from pgcelery.results.retention import PRUNE_BATCH, delete_expired, expiry_seconds
 from pgcelery.scheduling.beat import prune_removed_entries
