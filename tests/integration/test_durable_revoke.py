@@ -38,7 +38,8 @@ def test_revoke_deletes_a_scheduled_message_and_records_revoked(
     # and never the revoked ones.
     with solo_worker(runs_app):
         assert record_run.delay("after").get(timeout=60) == "after"
-    assert _runs(runs_db, "later") == [] and _runs(runs_db, "pending") == []
+    assert _runs(runs_db, "later") == []
+    assert _runs(runs_db, "pending") == []
     assert later.state == "REVOKED"
 
 
