@@ -1,5 +1,5 @@
-"""The dashboard's actions: retry a failed task, revoke a pending one, purge a queue, replay a
-dead letter.
+"""The dashboard's actions: retry a failed task, revoke a pending one, purge, pause or resume a
+queue, replay a dead letter.
 
 Each is offered only with ``PGCELERY_DASHBOARD_ACTIONS=true``, runs only on a POST carrying a
 token this process signed for exactly that action and target (shown on the confirmation page,
@@ -21,12 +21,12 @@ from typing import Any
 from celery import Celery, states
 from celery.app.task import Context
 
-from pgcelery.broker import dead_letters
+from pgcelery.broker import dead_letters, pauses
 from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("retry", "revoke", "purge", "replay")
+ACTIONS = ("retry", "revoke", "purge", "replay", "pause", "resume")
 TOKEN_LIFETIME = 600.0
 #: States a result can be retried from.
 RETRYABLE_STATES = (states.FAILURE, states.REVOKED)
@@ -76,6 +76,13 @@ class Actions:
             return f"Delete the pending message of task {target} and mark it REVOKED."
         if action == "replay":
             return f"Put dead letter {target} back on its queue, with a fresh delivery count."
+        if action == "pause":
+            return (
+                f"Pause queue {target}: no worker claims from it until it is resumed "
+                "(running tasks finish)."
+            )
+        if action == "resume":
+            return f"Resume queue {target}: the workers claim from it again."
         return f"Delete every message waiting in queue {target} (messages being run stay)."
 
     def run(self, action: str, target: str, user: str | None) -> Outcome:
@@ -151,6 +158,17 @@ class Actions:
                 (known[0],),
             ).rowcount
         return Outcome(f"queue {queue} purged: {deleted} message(s) deleted")
+
+    def pause(self, queue: str) -> Outcome:
+        with self.queries.pool().connection() as conn:
+            changed = pauses.pause(conn, self.queries.names, queue)
+        return Outcome(f"queue {queue} {'paused' if changed else 'was already paused'}")
+
+    def resume(self, queue: str) -> Outcome:
+        with self.queries.pool().connection() as conn:
+            if not pauses.resume(conn, self.queries.names, queue):
+                raise ActionRefused(f"queue {queue} is not paused")
+        return Outcome(f"queue {queue} resumed")
 
     def replay(self, target: str) -> Outcome:
         if not target.isdigit():
