@@ -2,7 +2,8 @@
 
 Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits),
 ``deferred_start`` (STARTED stored only for tasks that run long enough to be seen) and
-``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner).
+``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner)
+and ``revocation`` (durable revoke: a waiting task's message deleted as its REVOKED is stored).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``,
 the broker's ``listener`` and observability's ``redaction``. Never the app factory, the CLI,
