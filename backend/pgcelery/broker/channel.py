@@ -31,7 +31,7 @@ from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.pauses import PauseCache
 from pgcelery.broker.queue_rows import resolve_fenced
 from pgcelery.broker.settling import Settling
-from pgcelery.broker.unique import UniqueSql, put_unique
+from pgcelery.broker.unique import publish_unique
 from pgcelery.broker.unique import take as take_unique
 from pgcelery.schema.tables import Names
 
@@ -233,8 +233,7 @@ class Channel(virtual.Channel):
         priority = self._get_message_priority(message, reverse=False)
         unique = take_unique()
         if unique is not None:
-            self._put_unique(unique, queue, message, priority)
-            return
+            return publish_unique(self, unique, queue, message, priority)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
         outer = caller_connection()
         if outer is not None:
@@ -242,22 +241,6 @@ class Channel(virtual.Channel):
             outer.execute(self.sql.put, values)
             return
         self._execute(self.sql.put, values)
-
-    def _put_unique(self, unique: Any, queue: str, message: dict[str, Any], priority: int) -> None:
-        """A send with a unique key (:mod:`pgcelery.broker.unique`)."""
-        queue_id = self._queue_id(queue)
-        outer = caller_connection()
-        if outer is not None:
-            check_same_database(outer, self._database())
-        conn = outer if outer is not None else self._conn()
-        try:
-            put_unique(
-                conn, UniqueSql(self.names), unique, message, queue_id, priority, due_at(message)
-            )
-        except psycopg.OperationalError:
-            if outer is None:
-                self._drop_connection()
-            raise
 
     # -- consume -----------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import psycopg
 from kombu.utils.json import dumps, loads
 
+from pgcelery.broker.caller_transaction import caller_connection, check_same_database
+from pgcelery.broker.delivery import due_at
 from pgcelery.schema.tables import Names
 
 Mode = Literal["keep", "replace"]
@@ -134,6 +136,26 @@ def _adopt_id(message: dict[str, Any], old_id: str) -> dict[str, Any]:
     if properties.get("correlation_id") == new_id:
         properties["correlation_id"] = old_id
     return message
+
+
+def publish_unique(
+    channel: Any, request: UniqueSend, queue: str, message: dict[str, Any], priority: int
+) -> None:
+    """The channel's ``_put`` for a message with a unique key: on the caller's connection inside
+    ``send_in_transaction``, else on the channel's own."""
+    queue_id = channel._queue_id(queue)
+    outer = caller_connection()
+    if outer is not None:
+        check_same_database(outer, channel._database())
+    conn = outer if outer is not None else channel._conn()
+    try:
+        put_unique(
+            conn, UniqueSql(channel.names), request, message, queue_id, priority, due_at(message)
+        )
+    except psycopg.OperationalError:
+        if outer is None:
+            channel._drop_connection()
+        raise
 
 
 def put_unique(

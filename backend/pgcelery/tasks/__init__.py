@@ -7,6 +7,6 @@ and ``unique``: the ``unique_key`` options of a send (the broker's ``pgcelery.br
 enforces them).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``pgcelery.schema``, tenancy, the
-broker's ``unique`` and the results' ``retention``. Never the app factory (a task module is imported by it), the CLI or the
-dashboard.
+broker's ``unique`` and the results' ``retention``. Never the app factory (a task module is
+imported by it), the CLI or the dashboard.
 """
