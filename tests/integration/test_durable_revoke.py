@@ -8,6 +8,7 @@ from celery import Celery
 
 from tests.support import postgres
 from tests.support.broker_tasks import record_run
+from tests.support.waiting import wait_until
 from tests.support.workers import solo_worker
 
 
@@ -56,3 +57,23 @@ def test_revoke_of_unknown_ids_is_harmless(runs_db: str, runs_app: Celery) -> No
     runs_app.control.revoke(["no-such-task", ""])
     assert _message_count(runs_db) == 1
     assert kept.state == "PENDING"
+
+
+def test_a_message_held_by_a_dead_worker_is_skipped_by_the_next(
+    runs_db: str, runs_app: Celery
+) -> None:
+    held = record_run.apply_async(("held",))
+    # As if a worker claimed it into its prefetch buffer, then died before the broadcast.
+    with psycopg.connect(postgres.libpq(runs_db), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE kombu_message SET lease_token = gen_random_uuid(), deliveries = 1,"
+            " visible_at = now() + interval '2 seconds'"
+        )
+    held.revoke()
+    assert _message_count(runs_db) == 1  # held: left to the workers, but marked
+    with solo_worker(runs_app):
+        # Its lease runs out, the next worker claims it and skips it.
+        wait_until(lambda: held.state == "REVOKED", timeout=60, what="REVOKED")
+        wait_until(lambda: _message_count(runs_db) == 0, timeout=60, what="the ack")
+        assert record_run.delay("after").get(timeout=60) == "after"
+    assert _runs(runs_db, "held") == []

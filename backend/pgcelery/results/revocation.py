@@ -9,8 +9,11 @@ does, so a worker holding one of them in its prefetch buffer skips it, and ``ter
 still reaches the worker running it. ``AsyncResult.revoke()``, ``app.control.revoke``,
 ``celery control revoke``, Flower and ``pgcelery revoke`` all end in ``Control.broadcast``.
 
-A message a worker holds leased (prefetched or running) is left to the broadcast: a running
-task is not stopped without ``terminate``, as in Celery.
+A message a worker holds leased (prefetched or running) is left to the broadcast (a running
+task is not stopped without ``terminate``, as in Celery), and marked in the same transaction
+with the header ``pgcelery_revoked``: should that worker die or restart before it skips the
+task, the worker the message goes to next learns of the revoke from the message itself
+(:func:`pgcelery.broker.delivery.sort_claimed`) and skips it as Celery does.
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ def _delete_sql(names: Names) -> str:
         f" AND {_WAITING}"
         " RETURNING r.task_id, m.payload,"
         f" (SELECT name FROM {names.queue} q WHERE q.id = m.queue_id)"
+    )
+
+
+def _mark_sql(names: Names) -> str:
+    """Params: task ids. Marks the held messages of those tasks (see the module docstring)."""
+    return (
+        f"UPDATE {names.message} m SET payload = jsonb_set(m.payload::jsonb,"
+        " '{headers,pgcelery_revoked}', 'true')::text"
+        " FROM unnest(%s::text[]) AS r(task_id)"
+        " WHERE strpos(m.payload, r.task_id) > 0"
+        " AND (m.payload::jsonb #>> '{headers,id}') = r.task_id"
+        f" AND NOT {_WAITING}"
     )
 
 
@@ -86,6 +101,7 @@ def revoke_waiting(app: Any, task_ids: Iterable[str], reason: str = "revoked") -
             values = [getattr(row, name) for name in backend._columns]
             conn.execute(backend._sql_upsert, (task_id, *values))
             revoked.append(task_id)
+        conn.execute(_mark_sql(names), (ids,))
     if revoked:
         log.info("pgcelery.revoke.deleted", extra={"task_ids": revoked})
     return revoked
