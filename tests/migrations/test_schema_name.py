@@ -31,6 +31,8 @@ TABLES = {
     "pgcelery_broadcast",
     "pgcelery_binding",
     "pgcelery_dead_letter",
+    "pgcelery_unique_hold",
+    "pgcelery_queue_pause",
     VERSION_TABLE,
 }
 

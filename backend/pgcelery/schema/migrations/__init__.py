@@ -27,8 +27,10 @@ from pgcelery.schema.tables import (
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
+    PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    UNIQUE_HOLD_TABLE,
     VERSION_TABLE,
     WORKER_TABLE,
 )
@@ -50,6 +52,8 @@ PGCELERY_TABLES = frozenset(
         WORKER_TABLE,
         BEAT_TABLE,
         DEAD_LETTER_TABLE,
+        UNIQUE_HOLD_TABLE,
+        PAUSE_TABLE,
         VERSION_TABLE,
     }
 )
