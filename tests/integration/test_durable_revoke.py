@@ -77,3 +77,11 @@ def test_a_message_held_by_a_dead_worker_is_skipped_by_the_next(
         wait_until(lambda: _message_count(runs_db) == 0, timeout=60, what="the ack")
         assert record_run.delay("after").get(timeout=60) == "after"
     assert _runs(runs_db, "held") == []
+
+
+def test_celery_control_revoke_goes_through_the_same_path(runs_db: str, runs_app: Celery) -> None:
+    # ``celery control revoke ID`` (and Flower) call broadcast("revoke", ...) directly.
+    later = record_run.apply_async(("cli",), countdown=3600)
+    runs_app.control.broadcast("revoke", arguments={"task_id": later.id, "terminate": False})
+    assert _message_count(runs_db) == 0
+    assert later.state == "REVOKED"
