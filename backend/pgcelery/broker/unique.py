@@ -66,11 +66,12 @@ def sending(request: UniqueSend) -> Iterator[UniqueSend]:
 
 
 def take() -> UniqueSend | None:
-    """The unique request for the message being published now, if any (used once)."""
-    request = _CURRENT.get()
-    if request is not None:
-        _CURRENT.set(None)
-    return request
+    """The unique request for the message being published now, if any.
+
+    Not cleared once used: kombu may publish again after a connection error, and the retry must
+    be unique too (it finds its own first attempt, if that committed, and reports its id).
+    """
+    return _CURRENT.get()
 
 
 @dataclass(frozen=True)
