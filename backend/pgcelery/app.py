@@ -154,6 +154,7 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     backend.install(app)
     dead_letters.install(app)
     tenant_tasks.install()
+    unique.install()
     redaction.register_url(settings.database_url)
     json_logging.configure(settings.log_format)
     json_logging.install()

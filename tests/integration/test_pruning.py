@@ -365,7 +365,8 @@ def test_unique_holds_that_ran_out_go(app: Celery, database_url: str) -> None:
         database_url,
         "INSERT INTO pgcelery_unique_hold (unique_task, unique_key, task_id, held_until) VALUES"
         " ('tests.add', 'over', 'a', now() - interval '1 second'),"
-        " ('tests.add', 'held', 'b', now() + interval '1 hour')",
+        " ('tests.add', 'held', 'b', now() + interval '1 hour'),"
+        " ('tests.add', 'left-unrun', 'c', NULL)",  # its message was revoked or purged
     )
-    assert _prune(app).counts["unique_holds"] == 1
+    assert _prune(app).counts["unique_holds"] == 2
     assert _column(database_url, "SELECT unique_key FROM pgcelery_unique_hold") == {"held"}

@@ -6,8 +6,11 @@ calls :func:`put_unique` instead of its plain ``INSERT``. A partial unique index
 ``kombu_message (unique_task, unique_key)`` (revision 0009) decides, so the rule holds across
 processes and inside a caller's transaction (a rolled-back send frees the key). A message stays
 in the table while pending, scheduled or running (pgcelery acks late), so the key is taken for
-all three; ``unique_for`` keeps it taken for that many seconds after the message leaves
-(``pgcelery_unique_hold``, written by a trigger on delete).
+all three. ``unique_for`` keeps it taken for that many seconds after the task ran: such a send
+also records the key in ``pgcelery_unique_hold`` and marks its message (header
+:data:`HOLD_HEADER`); the worker sets the hold's end as the task finishes, before the ack
+deletes the message (:func:`finish_hold`), so at every moment either the message or the hold
+takes the key. Messages without a key pay nothing: no trigger, no extra column to fill.
 
 A send that finds the key taken inserts nothing and reports the first task's id in
 :attr:`UniqueSend.existing_id`. In ``replace`` mode, a duplicate that no worker holds yet gets
@@ -32,6 +35,8 @@ from pgcelery.schema.tables import Names
 
 Mode = Literal["keep", "replace"]
 MODES: tuple[str, ...] = ("keep", "replace")
+#: The header of a message sent with ``unique_for``: [task name, key, seconds].
+HOLD_HEADER = "pgcelery_unique_for"
 #: Attempts when the duplicate vanishes between the insert and the look-up (it just finished).
 _ATTEMPTS = 5
 
@@ -80,14 +85,14 @@ class UniqueSql:
 
     @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority, due time, task, key, unique_for."""
+        """Params: payload, queue id, priority, due time, task, key."""
         return (
             f"INSERT INTO {self.names.message}"
             " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
-            " unique_task, unique_key, unique_for)"
+            " unique_task, unique_key)"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
-            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s)"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s)"
             " ON CONFLICT (unique_task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
             " RETURNING id"
         )
@@ -98,6 +103,15 @@ class UniqueSql:
         return (
             f"SELECT task_id FROM {self.names.unique_hold}"
             " WHERE unique_task = %s AND unique_key = %s AND held_until > now()"
+        )
+
+    @cached_property
+    def hold(self) -> str:
+        """Params: task, key, task id. The key's hold, its end unknown until the task ran."""
+        return (
+            f"INSERT INTO {self.names.unique_hold} (unique_task, unique_key, task_id, held_until)"
+            " VALUES (%s, %s, %s, NULL) ON CONFLICT (unique_task, unique_key) DO UPDATE"
+            " SET task_id = EXCLUDED.task_id, held_until = NULL"
         )
 
     @cached_property
@@ -195,13 +209,15 @@ def _attempt(
 ) -> bool:
     """One try; False when the duplicate vanished before it could be read."""
     key = (request.task, request.key)
+    if request.unique_for is not None:
+        message.setdefault("headers", {})[HOLD_HEADER] = [*key, request.unique_for]
     with conn.transaction():
-        inserted = conn.execute(
-            sql.put, (dumps(message), queue_id, priority, due, *key, request.unique_for)
-        ).fetchone()
+        inserted = conn.execute(sql.put, (dumps(message), queue_id, priority, due, *key)).fetchone()
         held = conn.execute(sql.held, key).fetchone()
         if inserted is not None:
             if held is None:
+                if request.unique_for is not None:
+                    conn.execute(sql.hold, (*key, message["headers"].get("id")))
                 return True
             request.existing_id = held[0]
             raise psycopg.Rollback()  # the key is held: undo the insert (and end the block)
@@ -221,11 +237,27 @@ def _attempt(
     return True  # rolled back: the hold's task id is the answer
 
 
+def finish_hold(
+    conn: psycopg.Connection[Any], names: Names, task: str, key: str, task_id: str, seconds: float
+) -> None:
+    """The task ``task_id`` ran: its key stays taken for ``seconds`` from now."""
+    conn.execute(
+        f"UPDATE {names.unique_hold} SET held_until = now() + make_interval(secs => %s)"
+        " WHERE unique_task = %s AND unique_key = %s AND task_id = %s",
+        (seconds, task, key, task_id),
+    )
+
+
 def prune_holds(conn: psycopg.Connection[Any], names: Names, limit: int) -> int:
-    """Delete up to ``limit`` holds that ran out (the workers' pruner calls this)."""
+    """Delete up to ``limit`` holds that ran out, or whose task left without running (revoked,
+    purged); the workers' pruner calls this."""
     cur = conn.execute(
         f"DELETE FROM {names.unique_hold} WHERE ctid = ANY(ARRAY("
-        f"SELECT ctid FROM {names.unique_hold} WHERE held_until < now() LIMIT %s))",
+        f"SELECT h.ctid FROM {names.unique_hold} h WHERE h.held_until < now()"
+        " OR h.held_until IS NULL AND NOT EXISTS ("
+        f"SELECT 1 FROM {names.message} m"
+        " WHERE m.unique_task = h.unique_task AND m.unique_key = h.unique_key)"
+        " LIMIT %s))",
         (limit,),
     )
     return cur.rowcount

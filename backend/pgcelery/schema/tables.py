@@ -199,7 +199,6 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
     # Added by revision 0009: unique tasks and paused queues (job control).
     message.append_column(sa.Column("unique_task", sa.Text))
     message.append_column(sa.Column("unique_key", sa.Text))
-    message.append_column(sa.Column("unique_for", sa.Float))
     sa.Index(
         "ix_kombu_message_unique",
         message.c.unique_task,
@@ -212,8 +211,8 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         md,
         sa.Column("unique_task", sa.Text, primary_key=True),
         sa.Column("unique_key", sa.Text, primary_key=True),
-        sa.Column("task_id", sa.Text),
-        sa.Column("held_until", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("task_id", sa.Text, nullable=False),
+        sa.Column("held_until", sa.DateTime(timezone=True)),
         schema=target,
     )
     sa.Index("ix_pgcelery_unique_hold_held_until", hold.c.held_until)

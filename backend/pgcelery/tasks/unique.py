@@ -6,16 +6,28 @@ task's args and kwargs and may return None for "not unique"). A send with a key 
 :func:`pgcelery.broker.unique.sending`; when the broker reports the key taken, the caller gets
 an ``AsyncResult`` of the first task instead of the one it would have sent. A send without a key
 takes the ordinary path: three dictionary look-ups, no statement.
+
+On the worker, :func:`install` ends the ``unique_for`` hold of a task that ran, as it finishes
+and before its ack (``task_postrun``); a task sent without ``unique_for`` costs one attribute
+look-up there.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
-from pgcelery.broker.unique import MODES, UniqueSend, sending
+import psycopg
+from celery import states
+from celery.signals import task_postrun
+
+from pgcelery.broker.unique import HOLD_HEADER, MODES, UniqueSend, finish_hold, sending
 from pgcelery.exceptions import InvalidUniqueOption
+from pgcelery.schema.tables import Names
+
+log = logging.getLogger(__name__)
 
 OPTIONS = ("unique_key", "unique_for", "unique_mode")
 
@@ -97,3 +109,27 @@ def send_unique(
     if request.existing_id is not None:
         return result_cls(request.existing_id)
     return result
+
+
+def _on_postrun(
+    sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
+) -> None:
+    hold = getattr(getattr(sender, "request", None), HOLD_HEADER, None)
+    if hold is None or state == states.RETRY or task_id is None:
+        return
+    try:
+        name, key, seconds = hold
+        settings = getattr(sender.app, "pgcelery_settings", None)
+        names = Names(getattr(settings, "schema_name", "public"))
+        with sender.backend._pool().connection() as conn:
+            finish_hold(conn, names, str(name), str(key), task_id, float(seconds))
+    except (psycopg.Error, ValueError, TypeError, AttributeError) as exc:
+        # The key is then free as soon as the message is acked: logged, never raised.
+        log.warning(
+            "pgcelery.unique.hold_failed", extra={"task_id": task_id, "error": type(exc).__name__}
+        )
+
+
+def install() -> None:
+    """Connect the worker's side of ``unique_for`` (idempotent)."""
+    task_postrun.connect(_on_postrun, weak=False, dispatch_uid="pgcelery.tasks.unique")

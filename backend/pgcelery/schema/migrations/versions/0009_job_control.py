@@ -4,9 +4,9 @@
   and a partial unique index lets only one message per (task name, key) exist, pending,
   scheduled or running (pgcelery acks late: a running task's message stays until it finishes).
   Messages without a key are not in the index.
-- ``kombu_message.unique_for``: seconds the key stays taken after the message leaves the table;
-  an ``AFTER DELETE`` trigger, limited by ``WHEN`` to such messages, records that hold in
-  ``pgcelery_unique_hold`` (pruned by the workers once it runs out).
+- ``pgcelery_unique_hold``: the key of a task sent with ``unique_for``, and once the task has
+  run, until when it stays taken (set by the worker as the task finishes, before its ack);
+  pruned by the workers once it ran out. Nothing on the path of other messages: no trigger.
 - ``pgcelery_queue_pause``: one row per paused queue, read by every worker.
 
 Revision ID: 0009_job_control
@@ -33,10 +33,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     schema = MigrationSettings().schema_name
-    q = f'"{schema}"'
     op.add_column("kombu_message", sa.Column("unique_task", sa.Text()), schema=schema)
     op.add_column("kombu_message", sa.Column("unique_key", sa.Text()), schema=schema)
-    op.add_column("kombu_message", sa.Column("unique_for", sa.Float()), schema=schema)
     op.create_index(
         "ix_kombu_message_unique",
         "kombu_message",
@@ -49,8 +47,8 @@ def upgrade() -> None:
         UNIQUE_HOLD_TABLE,
         sa.Column("unique_task", sa.Text(), nullable=False),
         sa.Column("unique_key", sa.Text(), nullable=False),
-        sa.Column("task_id", sa.Text()),
-        sa.Column("held_until", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("task_id", sa.Text(), nullable=False),
+        sa.Column("held_until", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("unique_task", "unique_key"),
         schema=schema,
     )
@@ -66,25 +64,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("queue"),
         schema=schema,
     )
-    op.execute(f"""
-CREATE FUNCTION {q}.pgcelery_unique_hold() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-  INSERT INTO {q}.{UNIQUE_HOLD_TABLE} (unique_task, unique_key, task_id, held_until)
-  VALUES (OLD.unique_task, OLD.unique_key, OLD.payload::jsonb #>> '{{headers,id}}',
-          now() + make_interval(secs => OLD.unique_for))
-  ON CONFLICT (unique_task, unique_key) DO UPDATE
-    SET task_id = EXCLUDED.task_id, held_until = EXCLUDED.held_until;
-  RETURN NULL;
-EXCEPTION WHEN invalid_text_representation THEN
-  RETURN NULL;  -- an unreadable payload: no task id to hold the key for
-END
-$fn$;""")
-    op.execute(
-        f"CREATE TRIGGER pgcelery_unique_hold AFTER DELETE ON {q}.kombu_message"
-        " FOR EACH ROW WHEN (OLD.unique_for IS NOT NULL)"
-        f" EXECUTE FUNCTION {q}.pgcelery_unique_hold()"
-    )
     grant(
         [
             (UNIQUE_HOLD_TABLE, "SELECT, INSERT, UPDATE, DELETE"),
@@ -95,13 +74,9 @@ $fn$;""")
 
 def downgrade() -> None:
     schema = MigrationSettings().schema_name
-    q = f'"{schema}"'
-    op.execute(f"DROP TRIGGER IF EXISTS pgcelery_unique_hold ON {q}.kombu_message")
-    op.execute(f"DROP FUNCTION IF EXISTS {q}.pgcelery_unique_hold()")
     op.drop_table(PAUSE_TABLE, schema=schema)
     op.drop_index("ix_pgcelery_unique_hold_held_until", UNIQUE_HOLD_TABLE, schema=schema)
     op.drop_table(UNIQUE_HOLD_TABLE, schema=schema)
     op.drop_index("ix_kombu_message_unique", "kombu_message", schema=schema)
-    op.drop_column("kombu_message", "unique_for", schema=schema)
     op.drop_column("kombu_message", "unique_key", schema=schema)
     op.drop_column("kombu_message", "unique_task", schema=schema)
