@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -19,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, states
-from celery.app.task import Context
 
 from pgcelery.broker import dead_letters, pauses
-from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
+from pgcelery.dashboard.queries import Queries
+from pgcelery.results.revocation import revoke_waiting
 
 log = logging.getLogger(__name__)
 
@@ -120,31 +119,14 @@ class Actions:
         return Outcome(f"task {task_id} sent again as {sent.id}", task_id=str(sent.id))
 
     def revoke(self, task_id: str) -> Outcome:
-        n = self.queries.names
-        with self.queries.pool().connection() as conn:
-            # Only a message no worker holds: a claimed one is already running.
-            found = conn.execute(
-                f"DELETE FROM {n.message} WHERE id = (SELECT m.id FROM {n.message} m"
-                f" WHERE {MESSAGE_TASK_ID} = %s"
-                " AND NOT (m.lease_token IS NOT NULL AND m.visible_at > now())"
-                " LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" RETURNING payload, (SELECT name FROM {n.queue} WHERE id = queue_id)",
-                (task_id,),
-            ).fetchone()
-        if found is None:
+        # Only a message no worker holds (a claimed one is already running): deleted in the
+        # transaction that stores REVOKED (pgcelery.results.revocation).
+        deleted = revoke_waiting(self.app, [task_id], reason="revoked from the dashboard")
+        if not deleted:
             raise ActionRefused(
                 f"task {task_id} has no pending message (it ran, is running, or was revoked)"
             )
-        call = message_call(_json(found[0]))
-        request = Context(
-            id=task_id,
-            task=call["name"],
-            args=call["args"],
-            kwargs=call["kwargs"],
-            delivery_info={"routing_key": found[1]},
-        )
-        self.app.backend.mark_as_revoked(task_id, "revoked from the dashboard", request=request)
-        return Outcome(f"task {task_id} revoked; its message was removed from {found[1]}")
+        return Outcome(f"task {task_id} revoked; its message was deleted")
 
     def purge(self, queue: str) -> Outcome:
         n = self.queries.names
@@ -178,8 +160,3 @@ class Actions:
         if not replayed:
             raise ActionRefused(f"there is no dead letter {target} (replayed or purged already?)")
         return Outcome(f"dead letter {target} is back on its queue")
-
-
-def _json(payload: Any) -> dict[str, Any]:
-    found = json.loads(payload)
-    return found if isinstance(found, dict) else {}
