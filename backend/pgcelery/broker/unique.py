@@ -2,7 +2,7 @@
 
 The producer side (:mod:`pgcelery.tasks.unique`) turns ``unique_key=`` into a
 :class:`UniqueSend` and sets it for the duration of one publish; the channel's ``_put`` then
-calls :func:`put_unique` instead of its plain ``INSERT``. A partial unique index on
+calls :func:`publish_unique` instead of its plain ``INSERT``. A partial unique index on
 ``kombu_message (unique_task, unique_key)`` (revision 0009) decides, so the rule holds across
 processes and inside a caller's transaction (a rolled-back send frees the key). A message stays
 in the table while pending, scheduled or running (pgcelery acks late), so the key is taken for
@@ -156,45 +156,32 @@ def _adopt_id(message: dict[str, Any], old_id: str) -> dict[str, Any]:
 def publish_unique(
     channel: Any, request: UniqueSend, queue: str, message: dict[str, Any], priority: int
 ) -> None:
-    """The channel's ``_put`` for a message with a unique key: on the caller's connection inside
-    ``send_in_transaction``, else on the channel's own."""
+    """The channel's ``_put`` for a message with a unique key: insert it unless the key is taken
+    (see the module docstring), on the caller's connection inside ``send_in_transaction``, else
+    on the channel's own.
+
+    Each try runs in a transaction of its own, or in a savepoint of the caller's: the insert and
+    the look-up of a finished task's hold see one another's effects in order, so a send racing
+    the first task's ack cannot slip between the two.
+    """
     queue_id = channel._queue_id(queue)
     outer = caller_connection()
     if outer is not None:
         check_same_database(outer, channel._database())
+        if outer.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # Nothing begun on the caller's connection yet: begin its transaction, so each try
+            # is a savepoint in it rather than a transaction of its own that commits.
+            outer.execute("SELECT 1")
     conn = outer if outer is not None else channel._conn()
+    placed = (queue_id, priority, due_at(message))
     try:
-        put_unique(
-            conn, UniqueSql(channel.names), request, message, queue_id, priority, due_at(message)
-        )
+        for _ in range(_ATTEMPTS):
+            if _attempt(conn, UniqueSql(channel.names), request, message, placed):
+                return
     except psycopg.OperationalError:
         if outer is None:
             channel._drop_connection()
         raise
-
-
-def put_unique(
-    conn: psycopg.Connection[Any],
-    sql: UniqueSql,
-    request: UniqueSend,
-    message: dict[str, Any],
-    queue_id: int,
-    priority: int,
-    due: Any,
-) -> None:
-    """Insert ``message`` unless its key is taken (see the module docstring).
-
-    Runs in a transaction of its own, or in a savepoint of the caller's: the insert and the
-    look-up of a finished task's hold see one another's effects in order, so a send racing the
-    first task's ack cannot slip between the two.
-    """
-    if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        # A caller's connection with nothing begun yet: begin its transaction, so the block
-        # below is a savepoint in it rather than a transaction of its own that commits.
-        conn.execute("SELECT 1")
-    for _ in range(_ATTEMPTS):
-        if _attempt(conn, sql, request, message, queue_id, priority, due):
-            return
     raise psycopg.errors.UniqueViolation(f"unique key {request.key!r} kept changing hands")
 
 
@@ -203,11 +190,11 @@ def _attempt(
     sql: UniqueSql,
     request: UniqueSend,
     message: dict[str, Any],
-    queue_id: int,
-    priority: int,
-    due: Any,
+    placed: tuple[int, int, Any],
 ) -> bool:
-    """One try; False when the duplicate vanished before it could be read."""
+    """One try; False when the duplicate vanished before it could be read. ``placed``: queue
+    id, priority and due time."""
+    queue_id, priority, due = placed
     key = (request.task, request.key)
     if request.unique_for is not None:
         message.setdefault("headers", {})[HOLD_HEADER] = [*key, request.unique_for]

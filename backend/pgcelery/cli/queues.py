@@ -11,45 +11,42 @@ import psycopg
 
 from pgcelery import dsn
 from pgcelery.broker import pauses
+from pgcelery.observability import stats
 from pgcelery.schema.tables import Names
 from pgcelery.settings import Settings
 
-#: Remote control, replies and event queues: not work queues.
-_INTERNAL = ("%.pidbox", "celeryev.%", "celery@%", "%.reply.celery.pidbox")
 
-
-def _overview_sql(names: Names) -> str:
-    skip = " AND ".join("q.name NOT LIKE %s" for _ in _INTERNAL)
-    return (
-        "SELECT q.name,"
-        " count(m.id) FILTER (WHERE m.visible_at <= now()),"
-        " count(m.id) FILTER (WHERE m.lease_token IS NULL AND m.visible_at > now()),"
-        " count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()),"
-        " extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(m.timestamp)"
-        "   FILTER (WHERE m.visible_at <= now())),"
-        f" EXISTS (SELECT 1 FROM {names.pause} p WHERE p.queue = q.name)"
-        f" FROM {names.queue} q LEFT JOIN {names.message} m ON m.queue_id = q.id"
-        f" WHERE {skip} GROUP BY q.name"
-        " UNION ALL SELECT p.queue, 0, 0, 0, NULL, true"
-        f" FROM {names.pause} p WHERE NOT EXISTS (SELECT 1 FROM {names.queue} q"
-        " WHERE q.name = p.queue) ORDER BY 1"
-    )
+def _internal(name: str) -> bool:
+    """Remote control, reply and event queues: not work queues."""
+    return name.endswith(".pidbox") or name.startswith(("celeryev.", "celery@"))
 
 
 def overview(conn: psycopg.Connection[Any], names: Names) -> list[dict[str, Any]]:
-    """One dict per queue: name, pending, delayed, in_flight, oldest_pending_age, paused."""
-    rows = conn.execute(_overview_sql(names), _INTERNAL).fetchall()
-    return [
-        {
-            "name": name,
-            "pending": int(pending),
-            "delayed": int(delayed),
-            "in_flight": int(in_flight),
-            "oldest_pending_age": None if age is None else round(max(0.0, float(age)), 3),
-            "paused": bool(paused),
+    """One dict per work queue (and per queue paused before its first message): name, pending,
+    delayed, in_flight, oldest_pending_age, paused. The counts are ``pgcelery stats``'."""
+    paused = pauses.paused(conn.execute, names)
+    found = {
+        q.name: {
+            "name": q.name,
+            "pending": q.ready,
+            "delayed": q.delayed,
+            "in_flight": q.in_flight,
+            "oldest_pending_age": q.oldest_ready_seconds,
+            "paused": q.name in paused,
         }
-        for name, pending, delayed, in_flight, age, paused in rows
-    ]
+        for q in stats.collect(conn, names.schema).queues
+        if not _internal(q.name)
+    }
+    for name in paused - found.keys():
+        found[name] = {
+            "name": name,
+            "pending": 0,
+            "delayed": 0,
+            "in_flight": 0,
+            "oldest_pending_age": None,
+            "paused": True,
+        }
+    return [found[name] for name in sorted(found)]
 
 
 def _table(found: list[dict[str, Any]]) -> str:
