@@ -143,3 +143,17 @@ def test_sends_without_a_key_are_not_unique(runs_db: str, runs_app: Celery) -> N
 def test_bad_options_are_named_errors(runs_app: Celery, options: dict[str, Any]) -> None:
     with pytest.raises(InvalidUniqueOption):
         record_run.apply_async(("bad",), **options)
+
+
+def test_a_dead_workers_task_keeps_its_key_and_runs_once(runs_db: str, runs_app: Celery) -> None:
+    first = record_run.apply_async(("orphan",), unique_key="orphan")
+    # As if a worker claimed it and was SIGKILLed mid-task: leased, never acked.
+    with psycopg.connect(postgres.libpq(runs_db), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE kombu_message SET lease_token = gen_random_uuid(), deliveries = 1,"
+            " visible_at = now() + interval '2 seconds'"
+        )
+    assert record_run.apply_async(("orphan",), unique_key="orphan").id == first.id
+    with solo_worker(runs_app):
+        assert first.get(timeout=60) == "orphan"  # delivered again once the lease ran out
+    assert _runs(runs_db, "orphan") == [first.id]
