@@ -11,6 +11,7 @@ from pgcelery import module_aliases
 from pgcelery.app import create_app
 from pgcelery.broker.async_publish import asend
 from pgcelery.broker.bulk import send_many
+from pgcelery.broker.pauses import pause_queue, resume_queue
 from pgcelery.broker.transactional import enqueue_in, send_in_transaction
 from pgcelery.event_loops import aclose
 from pgcelery.exceptions import (
@@ -67,6 +68,8 @@ __all__ = [
     "current_tenant_id",
     "db",
     "enqueue_in",
+    "pause_queue",
+    "resume_queue",
     "send_in_transaction",
     "send_many",
     "tenant_context",

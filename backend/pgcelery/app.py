@@ -18,6 +18,7 @@ from pgcelery.broker.caller_transaction import caller_connection
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
+from pgcelery.tasks import unique
 from pgcelery.variables import variable
 
 __all__ = [
@@ -103,12 +104,15 @@ class PgceleryApp(Celery):
     """The Celery app ``create_app`` returns: Celery itself, except that reading its
     configuration refuses a broker or result backend that is not ``DATABASE_URL``'s, and that
     its ``producer_or_acquire`` blocks send a group's messages in one INSERT
-    (:mod:`pgcelery.broker.bulk`).
+    (:mod:`pgcelery.broker.bulk`), and job control: unique sends (:mod:`pgcelery.tasks.unique`)
+    and a revoke that deletes a waiting task's message (:mod:`pgcelery.results.revocation`).
 
     (Celery's ``on_after_configure`` signal swallows what its receivers raise, so the check
     sits where the configuration is loaded: when the app is first used, and again after every
     ``config_from_object``.)
     """
+
+    control_cls = "pgcelery.results.revocation:PgControl"
 
     def _load_config(self) -> Any:
         conf = super()._load_config()
@@ -133,13 +137,23 @@ class PgceleryApp(Celery):
         ):
             yield acquired
 
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        task = options.get("task_type")
+        request = unique.unique_request(name, task, args, kwargs, options)
+        if request is None:
+            return super().send_task(name, args, kwargs, **options)
+        result_cls = options.get("result_cls") or self.AsyncResult
+        return unique.send_unique(
+            super().send_task, result_cls, request, name, args, kwargs, options
+        )
+
 
 def create_app(
     main: str = "pgcelery",
     *,
     include: Iterable[str] = (),
     settings: Settings | None = None,
-) -> Celery:
+) -> PgceleryApp:
     """Create a Celery app whose broker and result backend are the PostgreSQL in DATABASE_URL.
 
     ``include`` names the host's task modules; pgcelery's built-in tasks are always included.
@@ -207,6 +221,7 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     backend.install(app)
     dead_letters.install(app)
     tenant_tasks.install()
+    unique.install()
     redaction.register_url(settings.database_url)
     json_logging.configure(settings.log_format)
     json_logging.install()

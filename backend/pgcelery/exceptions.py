@@ -69,3 +69,9 @@ class DeliveryLimitExceeded(PgceleryError):
     """The task was delivered PGCELERY_MAX_DELIVERIES times without finishing (its worker died
     each time?) and was moved to the dead letters: see `pgcelery dead-letters list`, and replay
     it with `pgcelery dead-letters replay <id>` once fixed."""
+
+
+class InvalidUniqueOption(PgceleryError, ValueError):
+    """Invalid unique task option: unique_key must be a non-empty string (or a callable of the
+    task's arguments returning one, or None), unique_for a number of seconds >= 0, and
+    unique_mode "keep" or "replace"."""

@@ -378,3 +378,15 @@ def test_fired_chords_go_after_an_hour_and_abandoned_ones_with_their_results(
     assert report.counts["chords"] == 2
     assert _column(database_url, "SELECT group_id FROM pgcelery_chord") == {"fired-new", "waiting"}
     assert _column(database_url, "SELECT group_id FROM pgcelery_chord_part") == {"waiting"}
+
+
+def test_unique_holds_that_ran_out_go(app: Celery, database_url: str) -> None:
+    _sql(
+        database_url,
+        "INSERT INTO pgcelery_unique_hold (unique_task, unique_key, task_id, held_until) VALUES"
+        " ('tests.add', 'over', 'a', now() - interval '1 second'),"
+        " ('tests.add', 'held', 'b', now() + interval '1 hour'),"
+        " ('tests.add', 'left-unrun', 'c', NULL)",  # its message was revoked or purged
+    )
+    assert _prune(app).counts["unique_holds"] == 2
+    assert _column(database_url, "SELECT unique_key FROM pgcelery_unique_hold") == {"held"}

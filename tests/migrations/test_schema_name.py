@@ -33,6 +33,8 @@ TABLES = {
     "pgcelery_dead_letter",
     "pgcelery_chord",
     "pgcelery_chord_part",
+    "pgcelery_unique_hold",
+    "pgcelery_queue_pause",
     VERSION_TABLE,
 }
 

@@ -5,7 +5,9 @@ Owns pgcelery's kombu transport (``transport``) and its channel (``channel``): p
 (``acks``), shared bindings and the fanout log (``bindings``, ``broadcast``), the rows of
 per-consumer queues and the fence that lets them be pruned (``queue_rows``), the process-wide
 ``LISTEN`` connection (``listener``), enqueue inside the caller's transaction
-(``transactional``) and publishing from an event loop (``recording``, ``async_publish``).
+(``transactional``), publishing from an event loop (``recording``, ``async_publish``), a
+group's messages in one INSERT (``bulk``), unique sends (``unique``) and paused queues
+(``pauses``).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``event_loops`` and
 ``pgcelery.schema``. Never the app factory, the CLI, results, tenancy, observability or the

@@ -29,9 +29,12 @@ from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
 from pgcelery.broker.message_sql import MessageSql
+from pgcelery.broker.pauses import PauseCache
 from pgcelery.broker.queue_rows import resolve_fenced
 from pgcelery.broker.recording import Insert, record
 from pgcelery.broker.settling import Settling
+from pgcelery.broker.unique import publish_unique
+from pgcelery.broker.unique import take as take_unique
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class Channel(ChannelOptions):
         self.broadcast = ChannelBroadcast(self)
         self.settling = Settling(self)
         self.sql = MessageSql(self.names)
+        self.pauses = PauseCache(self.names)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -189,6 +193,7 @@ class Channel(ChannelOptions):
             return None
         if self._consumers and self.connection.claiming and self.qos.can_consume():
             queues = [q for q in self._active_queues if not self.broadcast.fed_by_log(q)]
+            queues = self.pauses.filter(self._execute, queues) if queues else queues
             if queues:
                 return self._get_many(queues, timeout=timeout)
         raise Empty()
@@ -197,6 +202,9 @@ class Channel(ChannelOptions):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
+        unique = take_unique()
+        if unique is not None:
+            return publish_unique(self, unique, queue, message, priority)
         values = (dumps(message), self._queue_id(queue), priority, due_at(message))
         recorded = record()
         if recorded is not None:  # an async publish (pgcelery.broker.async_publish) runs it

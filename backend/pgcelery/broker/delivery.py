@@ -69,11 +69,22 @@ def sort_claimed(
             refused.append(item if reason is None else replace(item, reason=reason))
             continue
         props = payload.setdefault("properties", {})
+        headers = payload.get("headers")
+        if isinstance(headers, dict) and headers.get("pgcelery_revoked"):
+            _known_revoked(headers.get("id"))
         props["delivery_tag"] = tag(message_id, token)
         props.setdefault("delivery_info", {})["redelivered"] = deliveries > 1
         _clear_past_eta(payload)
         claimed.append((message_id, str(token), queue, payload))
     return claimed, refused
+
+
+def _known_revoked(task_id: Any) -> None:
+    """A message revoked while a worker held it (pgcelery.results.revocation): tell this
+    worker's Celery, which then skips the task, stores REVOKED and acks, as for any revoke."""
+    state = sys.modules.get("celery.worker.state")
+    if state is not None and isinstance(task_id, str):
+        state.revoked.add(task_id)
 
 
 #: Seconds of clock difference between the database and a worker under which an ``eta`` counts

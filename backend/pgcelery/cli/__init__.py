@@ -1,5 +1,5 @@
 """The ``pgcelery`` command: migrate, check, run the worker, purge a queue, show statistics,
-list, replay and purge dead letters.
+list, replay and purge dead letters, list, pause and resume queues, revoke tasks.
 
 Exit codes, the same for every subcommand: 0 success; 1 the command did not do what was asked
 (``purge`` without ``--yes``, an unknown queue); 2 invalid configuration or arguments; 3 database
@@ -7,8 +7,9 @@ unreachable; 4 pgcelery's schema missing or not at head; 5 missing privileges. E
 one line on stderr that says what to do. See docs/reference/cli.md.
 
 Owns the subcommands, one module per group (``database``: migrate, check, purge, stats;
-``worker``; ``dead_letters``; ``dashboard``), each adding its parsers with ``register``, and
-``environment``: what they read from the environment and how its errors are told.
+``worker``; ``dead_letters``; ``dashboard``; ``queues``; ``revoke``), each adding its parsers
+with ``register``, and ``environment``: what they read from the environment and how its errors
+are told.
 
 May import anything in pgcelery: nothing imports the CLI.
 """
@@ -20,11 +21,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from pgcelery.cli import dashboard, database, dead_letters, environment, worker
+from pgcelery.cli import dashboard, database, dead_letters, environment, queues, revoke, worker
 from pgcelery.exceptions import ConfigurationWarning
 
 #: One module per group of subcommands; each adds its parsers with ``register(sub)``.
-COMMANDS = (database, worker, dead_letters, dashboard)
+COMMANDS = (database, worker, dead_letters, dashboard, queues, revoke)
 
 
 def parser() -> argparse.ArgumentParser:

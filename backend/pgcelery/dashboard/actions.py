@@ -1,5 +1,5 @@
-"""The dashboard's actions: retry a failed task, revoke a pending one, purge a queue, replay a
-dead letter.
+"""The dashboard's actions: retry a failed task, revoke a pending one, purge, pause or resume a
+queue, replay a dead letter.
 
 Each is offered only with ``PGCELERY_DASHBOARD_ACTIONS=true``, runs only on a POST carrying a
 token this process signed for exactly that action and target (shown on the confirmation page,
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -19,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, states
-from celery.app.task import Context
 
-from pgcelery.broker import dead_letters
-from pgcelery.dashboard.queries import MESSAGE_TASK_ID, Queries, message_call
+from pgcelery.broker import dead_letters, pauses
+from pgcelery.dashboard.queries import Queries
+from pgcelery.results.revocation import revoke_waiting
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("retry", "revoke", "purge", "replay")
+ACTIONS = ("retry", "revoke", "purge", "replay", "pause", "resume")
 TOKEN_LIFETIME = 600.0
 #: States a result can be retried from.
 RETRYABLE_STATES = (states.FAILURE, states.REVOKED)
@@ -76,6 +75,13 @@ class Actions:
             return f"Delete the pending message of task {target} and mark it REVOKED."
         if action == "replay":
             return f"Put dead letter {target} back on its queue, with a fresh delivery count."
+        if action == "pause":
+            return (
+                f"Pause queue {target}: no worker claims from it until it is resumed "
+                "(running tasks finish)."
+            )
+        if action == "resume":
+            return f"Resume queue {target}: the workers claim from it again."
         return f"Delete every message waiting in queue {target} (messages being run stay)."
 
     def run(self, action: str, target: str, user: str | None) -> Outcome:
@@ -113,31 +119,14 @@ class Actions:
         return Outcome(f"task {task_id} sent again as {sent.id}", task_id=str(sent.id))
 
     def revoke(self, task_id: str) -> Outcome:
-        n = self.queries.names
-        with self.queries.pool().connection() as conn:
-            # Only a message no worker holds: a claimed one is already running.
-            found = conn.execute(
-                f"DELETE FROM {n.message} WHERE id = (SELECT m.id FROM {n.message} m"
-                f" WHERE {MESSAGE_TASK_ID} = %s"
-                " AND NOT (m.lease_token IS NOT NULL AND m.visible_at > now())"
-                " LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" RETURNING payload, (SELECT name FROM {n.queue} WHERE id = queue_id)",
-                (task_id,),
-            ).fetchone()
-        if found is None:
+        # Only a message no worker holds (a claimed one is already running): deleted in the
+        # transaction that stores REVOKED (pgcelery.results.revocation).
+        deleted = revoke_waiting(self.app, [task_id], reason="revoked from the dashboard")
+        if not deleted:
             raise ActionRefused(
                 f"task {task_id} has no pending message (it ran, is running, or was revoked)"
             )
-        call = message_call(_json(found[0]))
-        request = Context(
-            id=task_id,
-            task=call["name"],
-            args=call["args"],
-            kwargs=call["kwargs"],
-            delivery_info={"routing_key": found[1]},
-        )
-        self.app.backend.mark_as_revoked(task_id, "revoked from the dashboard", request=request)
-        return Outcome(f"task {task_id} revoked; its message was removed from {found[1]}")
+        return Outcome(f"task {task_id} revoked; its message was deleted")
 
     def purge(self, queue: str) -> Outcome:
         n = self.queries.names
@@ -152,6 +141,17 @@ class Actions:
             ).rowcount
         return Outcome(f"queue {queue} purged: {deleted} message(s) deleted")
 
+    def pause(self, queue: str) -> Outcome:
+        with self.queries.pool().connection() as conn:
+            changed = pauses.pause(conn, self.queries.names, queue)
+        return Outcome(f"queue {queue} {'paused' if changed else 'was already paused'}")
+
+    def resume(self, queue: str) -> Outcome:
+        with self.queries.pool().connection() as conn:
+            if not pauses.resume(conn, self.queries.names, queue):
+                raise ActionRefused(f"queue {queue} is not paused")
+        return Outcome(f"queue {queue} resumed")
+
     def replay(self, target: str) -> Outcome:
         if not target.isdigit():
             raise ActionRefused(f"{target!r} is not a dead letter id")
@@ -160,8 +160,3 @@ class Actions:
         if not replayed:
             raise ActionRefused(f"there is no dead letter {target} (replayed or purged already?)")
         return Outcome(f"dead letter {target} is back on its queue")
-
-
-def _json(payload: Any) -> dict[str, Any]:
-    found = json.loads(payload)
-    return found if isinstance(found, dict) else {}

@@ -41,6 +41,7 @@ class QueueRow:
     in_flight: int
     oldest_pending_age: float | None
     done_last_hour: int
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Queries:
             " count(m.id) FILTER (WHERE m.lease_token IS NULL AND m.visible_at > now()),"
             " count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()),"
             " extract(epoch FROM (now() AT TIME ZONE 'UTC')"
-            "   - min(m.timestamp) FILTER (WHERE m.visible AND m.visible_at <= now()))"
+            "   - min(m.timestamp) FILTER (WHERE m.visible AND m.visible_at <= now())),"
+            f" EXISTS (SELECT 1 FROM {n.pause} p WHERE p.queue = q.name)"
             f" FROM {n.queue} q LEFT JOIN {n.message} m ON m.queue_id = q.id"
             f" WHERE {skip} GROUP BY q.name ORDER BY q.name",
             INTERNAL_QUEUE_PATTERNS,
@@ -147,8 +149,9 @@ class Queries:
                 int(in_flight),
                 None if age is None else max(0.0, float(age)),
                 int(done.get(name, 0)),
+                bool(paused),
             )
-            for name, ready, delayed, in_flight, age in rows
+            for name, ready, delayed, in_flight, age, paused in rows
         ]
 
     def throughput(self) -> list[tuple[int, str, int]]:

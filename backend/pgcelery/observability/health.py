@@ -203,7 +203,8 @@ class DatabaseProbe:
             " count(m.id) FILTER (WHERE m.visible AND m.visible_at <= now()),"
             " count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()),"
             " extract(epoch FROM (now() AT TIME ZONE 'UTC')"
-            "   - min(m.timestamp) FILTER (WHERE m.visible AND m.visible_at <= now()))"
+            "   - min(m.timestamp) FILTER (WHERE m.visible AND m.visible_at <= now())),"
+            f" EXISTS (SELECT 1 FROM {self.names.pause} p WHERE p.queue = q.name)"
             f" FROM {self.names.queue} q LEFT JOIN {self.names.message} m ON m.queue_id = q.id"
             f" WHERE {excluded} GROUP BY q.name ORDER BY q.name"
         )
@@ -217,8 +218,9 @@ class DatabaseProbe:
                     ready=int(ready),
                     in_flight=int(in_flight),
                     oldest_ready_age=None if age is None else max(0.0, float(age)),
+                    paused=bool(paused),
                 )
-                for name, ready, in_flight, age in rows
+                for name, ready, in_flight, age, paused in rows
             ]
 
         with self._lock:

@@ -148,6 +148,7 @@ class QueueStats:
     ready: int
     in_flight: int
     oldest_ready_age: float | None
+    paused: bool = False
 
 
 def worker_families(hostname: str, active_tasks: int) -> list[Metric]:
@@ -178,11 +179,17 @@ def queue_families(queues: Iterable[QueueStats]) -> list[Metric]:
         "Messages claimed by a worker under a live lease, not yet acknowledged.",
         labels=["queue_name"],
     )
+    paused = GaugeMetricFamily(
+        "celery_queue_paused",
+        "1 while the queue is paused (pgcelery queue pause): no worker claims from it.",
+        labels=["queue"],
+    )
     for queue in queues:
         length.add_metric([queue.name], queue.ready)
         oldest.add_metric([queue.name], queue.oldest_ready_age or 0.0)
         in_flight.add_metric([queue.name], queue.in_flight)
-    return [length, oldest, in_flight]
+        paused.add_metric([queue.name], 1 if queue.paused else 0)
+    return [length, oldest, in_flight, paused]
 
 
 def health_families(checks: dict[str, bool], duration: float) -> list[Metric]:

@@ -3,7 +3,8 @@
 Owns ``backend`` (Celery's ``db+`` backend on pooled connections, with ``LISTEN``-based waits),
 ``deferred_start`` (STARTED stored only for tasks that run long enough to be seen) and
 ``retention`` (expired results deleted in batches, by beat's task and by the workers' pruner)
-and ``awaiting`` (``await aget(result)``: one async ``LISTEN`` connection per event loop).
+``awaiting`` (``await aget(result)``: one async ``LISTEN`` connection per event loop) and
+``revocation`` (durable revoke: a waiting task's message deleted as its REVOKED is stored).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``pgcelery.schema``,
 ``event_loops``, the broker's ``listener`` and observability's ``redaction``. Never the app

@@ -20,6 +20,7 @@ started together does not prune together). A pass deletes, in short transactions
                    ``result_expires`` (30 days if results never expire), with their parts
 ``dead_letters``   ``pgcelery_dead_letter`` rows buried over ``PGCELERY_DEAD_LETTER_RETENTION``
                    seconds ago
+``unique_holds``   ``pgcelery_unique_hold`` rows whose ``unique_for`` period ran out
 =================  ==========================================================================
 
 Each transaction first takes ``pg_try_advisory_xact_lock`` on :func:`prune_lock_key`: while
@@ -49,6 +50,7 @@ from pgcelery.broker.broadcast import prune_broadcasts
 from pgcelery.broker.channel import Channel
 from pgcelery.broker.dead_letters import purge as purge_dead_letters
 from pgcelery.broker.queue_rows import ephemeral_patterns, prune_unused
+from pgcelery.broker.unique import prune_holds
 from pgcelery.observability.heartbeat import DEAD_AFTER_BEATS, prune_dead
 from pgcelery.results.retention import (
     PRUNE_BATCH,
@@ -167,6 +169,7 @@ class PruneConfig:
                 ),
                 False,
             ),
+            ("unique_holds", lambda c: prune_holds(c, names, PRUNE_BATCH), True),
         ]
 
 

@@ -26,8 +26,10 @@ from pgcelery.schema.tables import (
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
+    PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    UNIQUE_HOLD_TABLE,
     WORKER_TABLE,
 )
 from pgcelery.settings import Settings
@@ -56,6 +58,8 @@ REQUIRED_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     DEAD_LETTER_TABLE: ("SELECT", "INSERT", "DELETE"),
     CHORD_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     CHORD_PART_TABLE: ("SELECT", "INSERT", "DELETE"),
+    UNIQUE_HOLD_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    PAUSE_TABLE: ("SELECT", "INSERT", "DELETE"),
 }
 REQUIRED_SEQUENCES = (
     "queue_id_sequence",

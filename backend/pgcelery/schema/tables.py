@@ -28,6 +28,8 @@ BINDING_TABLE = "pgcelery_binding"
 WORKER_TABLE = "pgcelery_worker"
 BEAT_TABLE = "pgcelery_beat"
 DEAD_LETTER_TABLE = "pgcelery_dead_letter"
+UNIQUE_HOLD_TABLE = "pgcelery_unique_hold"
+PAUSE_TABLE = "pgcelery_queue_pause"
 CHORD_TABLE = "pgcelery_chord"
 CHORD_PART_TABLE = "pgcelery_chord_part"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
@@ -196,6 +198,35 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_dead_letter_dead_at", dead_letter.c.dead_at)
+    # Added by revision 0009: unique tasks and paused queues (job control).
+    message.append_column(sa.Column("unique_task", sa.Text))
+    message.append_column(sa.Column("unique_key", sa.Text))
+    sa.Index(
+        "ix_kombu_message_unique",
+        message.c.unique_task,
+        message.c.unique_key,
+        unique=True,
+        postgresql_where=sa.text("unique_key IS NOT NULL"),
+    )
+    hold = sa.Table(
+        UNIQUE_HOLD_TABLE,
+        md,
+        sa.Column("unique_task", sa.Text, primary_key=True),
+        sa.Column("unique_key", sa.Text, primary_key=True),
+        sa.Column("task_id", sa.Text, nullable=False),
+        sa.Column("held_until", sa.DateTime(timezone=True)),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_unique_hold_held_until", hold.c.held_until)
+    sa.Table(
+        PAUSE_TABLE,
+        md,
+        sa.Column("queue", sa.Text, primary_key=True),
+        sa.Column(
+            "paused_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
+        schema=target,
+    )
     # Added by revision 0011: chords joined in the database (pgcelery.results.chords).
     chord = sa.Table(
         CHORD_TABLE,
@@ -281,6 +312,14 @@ class Names:
     @cached_property
     def chord_part(self) -> str:
         return self._q(CHORD_PART_TABLE)
+
+    @cached_property
+    def unique_hold(self) -> str:
+        return self._q(UNIQUE_HOLD_TABLE)
+
+    @cached_property
+    def pause(self) -> str:
+        return self._q(PAUSE_TABLE)
 
     def sequence(self, name: str) -> str:
         return self._q(name)

@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from pgcelery.dashboard import create_dashboard
 from pgcelery.exceptions import DeliveryLimitExceeded
 from pgcelery.settings import Settings
+from tests.support.postgres import scalar
 
 
 def _confirm(client: TestClient, action: str, target: str) -> str:
@@ -160,3 +161,23 @@ def test_a_dead_letter_is_listed_and_replayed(
     assert "No dead letters." in client.get("/dead-letters").text
     again = client.post(f"/actions/replay/{letter}", data={"token": token})
     assert again.status_code == 409
+
+
+def test_pause_and_resume_a_queue(client: TestClient, app: Celery, database_url: str) -> None:
+    app.send_task("tests.add", (1, 1), queue="nightly")
+    page = client.get("/queues")
+    assert "/actions/pause/nightly" in page.text
+    done = client.post(
+        "/actions/pause/nightly", data={"token": _confirm(client, "pause", "nightly")}
+    )
+    assert done.status_code == 200
+    assert "queue nightly paused" in done.text
+    assert scalar(database_url, "SELECT count(*) FROM pgcelery_queue_pause") == 1
+    page = client.get("/queues")
+    assert "/actions/resume/nightly" in page.text
+    token = _confirm(client, "resume", "nightly")
+    assert (
+        "queue nightly resumed"
+        in client.post("/actions/resume/nightly", data={"token": token}).text
+    )
+    assert scalar(database_url, "SELECT count(*) FROM pgcelery_queue_pause") == 0

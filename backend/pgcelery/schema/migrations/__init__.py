@@ -29,8 +29,10 @@ from pgcelery.schema.tables import (
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
     MESSAGE_TABLE,
+    PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    UNIQUE_HOLD_TABLE,
     VERSION_TABLE,
     WORKER_TABLE,
 )
@@ -54,6 +56,8 @@ PGCELERY_TABLES = frozenset(
         DEAD_LETTER_TABLE,
         CHORD_TABLE,
         CHORD_PART_TABLE,
+        UNIQUE_HOLD_TABLE,
+        PAUSE_TABLE,
         VERSION_TABLE,
     }
 )

@@ -8,7 +8,7 @@ transaction that stores the result; whoever sees ``done`` reach ``size`` fires t
 guarded by ``fired_at`` under the chord row's lock (:mod:`pgcelery.results.chords`).
 
 Revision ID: 0011_chords
-Revises: 0008_dead_letters
+Revises: 0009_job_control
 Create Date: 2026-11-29
 """
 
@@ -24,7 +24,7 @@ from pgcelery.schema.tables import CHORD_PART_TABLE, CHORD_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0011_chords"
-down_revision: str | None = "0008_dead_letters"
+down_revision: str | None = "0009_job_control"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
