@@ -62,3 +62,13 @@ class DeliveryLimitExceeded(PgceleryError):
     """The task was delivered PGCELERY_MAX_DELIVERIES times without finishing (its worker died
     each time?) and was moved to the dead letters: see `pgcelery dead-letters list`, and replay
     it with `pgcelery dead-letters replay <id>` once fixed."""
+
+
+class ForgedMessage(TenancyError):
+    """The message's tenant headers are not signed with PGCELERY_SIGNING_KEY (or were changed
+    after signing): it was refused and never run. Was it inserted behind pgcelery's back?"""
+
+
+class MessageTooLarge(PgceleryError):
+    """The task's message is larger than PGCELERY_MAX_MESSAGE_BYTES: pass a reference to the
+    data (a row id, an object-store key) instead of the data itself."""

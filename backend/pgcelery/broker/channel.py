@@ -16,6 +16,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from pgcelery import connections, dsn
+from pgcelery.broker import limits
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.broker.caller_transaction import (
@@ -53,6 +54,7 @@ class Channel(virtual.Channel):
         "events_poll_interval",
         "max_deliveries",
         "statement_timeout",
+        "max_message_bytes",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -73,6 +75,8 @@ class Channel(virtual.Channel):
     max_deliveries: int = 5
     #: Seconds a broker statement may run before the server cancels it (0: no limit).
     statement_timeout: float = 30.0
+    #: Largest serialized message published or delivered (pgcelery.broker.limits).
+    max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -226,7 +230,8 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
-        values = (dumps(message), self._queue_id(queue), priority, due_at(message))
+        body = limits.checked(dumps(message), self.max_message_bytes)
+        values = (body, self._queue_id(queue), priority, due_at(message), limits.tenant_of(message))
         outer = caller_connection()
         if outer is not None:
             check_same_database(outer, self._database())
@@ -270,7 +275,16 @@ class Channel(virtual.Channel):
         try:
             rows = self._execute(
                 self.sql.claim,
-                (acked_ids, acked_tokens, ids, limit, limit, self.visibility_timeout, claimant()),
+                (
+                    acked_ids,
+                    acked_tokens,
+                    ids,
+                    limit,
+                    limit,
+                    self.visibility_timeout,
+                    claimant(),
+                    self.max_message_bytes,
+                ),
                 role="consume",
             ).fetchall()
         except Exception:

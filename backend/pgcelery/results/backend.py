@@ -29,6 +29,7 @@ from pgcelery.broker import listener
 from pgcelery.observability import redaction
 from pgcelery.results.deferred_start import DeferredStarts
 from pgcelery.schema.tables import RESULT_CHANNEL, Names
+from pgcelery.tenancy.scope import current_tenant_id
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -219,6 +220,9 @@ class PgBackend(DatabaseBackend):
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
         values = [getattr(row, name) for name in self._columns]
+        # The tenant the task runs for (bound by pgcelery.tenancy from its signed headers), for
+        # row-level security on celery_taskmeta; None for a global task.
+        values.append(current_tenant_id())
         with self._pool(async_commit=self._async_commit).connection() as conn:
             conn.execute(self._sql_upsert, (task_id, *values))
 
@@ -238,9 +242,10 @@ class PgBackend(DatabaseBackend):
         # One statement, one round trip: insert, or update unless a SUCCESS is already stored
         # (Celery's rule: a repeated run never replaces a stored result).
         names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{c}"' for c in self._columns)
-        params = ", ".join(["%s"] * len(self._columns))
+        columns = ", ".join(f'"{c}"' for c in (*self._columns, "tenant_id"))
+        params = ", ".join(["%s"] * (len(self._columns) + 1))
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*self._columns, "date_done"))
+        updates += ", tenant_id = coalesce(EXCLUDED.tenant_id, t.tenant_id)"
         return (
             f"INSERT INTO {names.task} AS t (id, task_id, {columns}, date_done)"
             f" VALUES (nextval('{names.sequence('task_id_sequence')}'), %s, {params},"

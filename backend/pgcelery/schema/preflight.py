@@ -100,6 +100,12 @@ def run_checks(report: Callable[[Finding], None]) -> Exit:
         return Exit.CONFIGURATION
     url = settings.database_url
     report(Finding("configuration", True, f"database {dsn.redact(url)}"))
+    if not settings.signing_key:
+        detail = (
+            "WARNING: PGCELERY_SIGNING_KEY is not set: workers trust any tenant header "
+            "(set it on producers and workers that run tenant tasks)"
+        )
+        report(Finding("signing", True, detail))
 
     try:
         conn = psycopg.connect(dsn.libpq_url(url), connect_timeout=CONNECT_TIMEOUT)

@@ -1,0 +1,76 @@
+"""Least privilege by role: what a producer, a worker and an operator may do to each table.
+
+Three sets of rights, each held by a role named in the settings (``PGCELERY_PRODUCER_ROLE``,
+``PGCELERY_WORKER_ROLE``, ``PGCELERY_OPS_ROLE``); a set whose variable is unset is held by the
+app role (``PGCELERY_APP_ROLE``), so a deployment that sets none of them grants the app role
+everything, as before these roles existed.
+
+* **producer**: enqueue (``INSERT`` into ``kombu_message``, never read it back), create queues,
+  read results and save groups. It cannot claim, delete or read messages, write results, touch
+  the dead letters or send remote control.
+* **worker**: claim, lease, ack, store results, bury dead letters, heartbeats, bindings, beat and
+  the prune pass; it may write task events to ``pgcelery_broadcast`` but no remote control
+  except Celery's start-up ``hello`` (a row-level security policy, not a grant: see revision
+  ``0010_security_roles``).
+* **ops**: everything the worker may do, and remote control (``celery.pidbox``), which is what
+  ``revoke``, ``shutdown``, ``pool_restart``, the dashboard's actions and ``pgcelery
+  dead-letters`` need.
+
+The privileges below are what revision ``0010_security_roles`` grants; earlier revisions
+granted the app role the worker's set.
+"""
+
+from __future__ import annotations
+
+from pgcelery.schema.tables import (
+    BEAT_TABLE,
+    BINDING_TABLE,
+    BROADCAST_TABLE,
+    DEAD_LETTER_TABLE,
+    GROUP_TABLE,
+    MESSAGE_TABLE,
+    QUEUE_TABLE,
+    TASK_TABLE,
+    WORKER_TABLE,
+)
+
+DML = "SELECT, INSERT, UPDATE, DELETE"
+
+#: The exchange Celery's remote control broadcasts on; only the ops role may write to it.
+CONTROL_EXCHANGE_SUFFIX = ".pidbox"
+
+PRODUCER_TABLES: tuple[tuple[str, str], ...] = (
+    (QUEUE_TABLE, "SELECT, INSERT"),
+    (MESSAGE_TABLE, "INSERT"),
+    (TASK_TABLE, "SELECT"),
+    (GROUP_TABLE, "SELECT, INSERT"),
+)
+PRODUCER_SEQUENCES: tuple[str, ...] = (
+    "queue_id_sequence",
+    "message_id_sequence",
+    "taskset_id_sequence",
+)
+
+WORKER_TABLES: tuple[tuple[str, str], ...] = (
+    (QUEUE_TABLE, "SELECT, INSERT, DELETE"),
+    (MESSAGE_TABLE, DML),
+    (TASK_TABLE, DML),
+    (GROUP_TABLE, DML),
+    (WORKER_TABLE, DML),
+    (BEAT_TABLE, DML),
+    (BROADCAST_TABLE, "SELECT, INSERT, DELETE"),
+    (BINDING_TABLE, DML),
+    (DEAD_LETTER_TABLE, "SELECT, INSERT, DELETE"),
+)
+WORKER_SEQUENCES: tuple[str, ...] = (
+    *PRODUCER_SEQUENCES,
+    "task_id_sequence",
+    f"{BROADCAST_TABLE}_id_seq",
+)
+
+#: Set of rights → (tables, sequences) it is granted.
+RIGHTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "producer": (PRODUCER_TABLES, PRODUCER_SEQUENCES),
+    "worker": (WORKER_TABLES, WORKER_SEQUENCES),
+    "ops": (WORKER_TABLES, WORKER_SEQUENCES),
+}
