@@ -5,7 +5,8 @@ Three sets of rights, each held by a role named in the settings (``PGCELERY_PROD
 app role (``PGCELERY_APP_ROLE``), so a deployment that sets none of them grants the app role
 everything, as before these roles existed.
 
-* **producer**: enqueue (``INSERT`` into ``kombu_message``, never read it back), create queues,
+* **producer**: enqueue (``INSERT`` into ``kombu_message``; it may count a queue's messages but
+  never read their payloads), create queues,
   read results and save groups. It cannot claim, delete or read messages, write results, touch
   the dead letters or send remote control.
 * **worker**: claim, lease, ack, store results, bury dead letters, heartbeats, bindings, beat and
@@ -41,7 +42,9 @@ CONTROL_EXCHANGE_SUFFIX = ".pidbox"
 
 PRODUCER_TABLES: tuple[tuple[str, str], ...] = (
     (QUEUE_TABLE, "SELECT, INSERT"),
-    (MESSAGE_TABLE, "INSERT"),
+    # Declaring a queue counts its messages (kombu's queue_declare): the columns that takes,
+    # never the payloads or the tenants.
+    (MESSAGE_TABLE, "SELECT (queue_id, visible, visible_at), INSERT"),
     (TASK_TABLE, "SELECT"),
     (GROUP_TABLE, "SELECT, INSERT"),
 )
