@@ -47,6 +47,9 @@ class BoundedHTTPServer(HTTPServer):
     """``HTTPServer`` with a waiting room for request heads and a bounded handler pool."""
 
     daemon_threads = True
+    #: Connections the kernel queues before accept (socketserver's default of 5 makes clients
+    #: beyond it wait for SYN retries, seconds, while the waiting room would take them at once).
+    request_queue_size = 256
 
     def __init__(
         self,
