@@ -4,8 +4,8 @@ Owns pgcelery's kombu transport (``transport``) and its channel (``channel``): p
 ``FOR UPDATE SKIP LOCKED`` claims (``message_sql``), lease renewal (``leases``), acks that delete
 (``acks``), shared bindings and the fanout log (``bindings``, ``broadcast``), the rows of
 per-consumer queues and the fence that lets them be pruned (``queue_rows``), the process-wide
-``LISTEN`` connection (``listener``) and enqueue inside the caller's transaction
-(``transactional``).
+``LISTEN`` connection (``listener``), enqueue inside the caller's transaction
+(``transactional``) and the size limit and tenant column of a published message (``limits``).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections`` and
 ``pgcelery.schema``. Never the app factory, the CLI, results, tenancy, observability or the

@@ -15,7 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from pgcelery.exceptions import MessageTooLarge
-from pgcelery.tenancy.tasks import TENANT_HEADER
+
+#: ``pgcelery.tenancy.TENANT_HEADER`` (the broker does not import tenancy; a test keeps the two
+#: equal).
+TENANT_HEADER = "pgcelery_tenant_id"
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 #: Why a message over the size limit is buried without being read.

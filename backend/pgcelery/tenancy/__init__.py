@@ -2,7 +2,8 @@
 
 Owns ``scope`` (tenant and correlation ids in contextvars), ``tasks`` (``tenant_task``, the
 headers that carry the ids, the worker-side binding), ``db`` (sessions whose transactions set the
-tenant GUCs locally, for row-level security) and ``payloads`` (typed task arguments).
+tenant GUCs locally, for row-level security), ``payloads`` (typed task arguments) and
+``signing`` (the HMAC over a message's tenant headers that workers check).
 
 May import: ``pgcelery.exceptions`` and ``settings``. ``scope`` imports nothing of pgcelery's
 but the exceptions, so every other package may read the current ids from it.
