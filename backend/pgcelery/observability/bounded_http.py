@@ -59,7 +59,8 @@ class BoundedHTTPServer(HTTPServer):
         max_waiting: int = MAX_WAITING,
         handlers: int = HANDLERS,
     ) -> None:
-        super().__init__(address, handler)
+        # Everything server_close needs exists before the bind, which closes the server when
+        # it fails (a port in use).
         self.read_timeout = read_timeout
         self.max_waiting = max_waiting
         self._heads: dict[socket.socket, bytes] = {}
@@ -71,6 +72,8 @@ class BoundedHTTPServer(HTTPServer):
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._pool = ThreadPoolExecutor(handlers, thread_name_prefix="pgcelery-http")
         self._closing = False
+        self._room: threading.Thread | None = None
+        super().__init__(address, handler)
         self._room = threading.Thread(target=self._run_room, name="pgcelery-http-room", daemon=True)
         self._room.start()
 
@@ -152,9 +155,12 @@ class BoundedHTTPServer(HTTPServer):
         return self._heads.get(conn, b"")
 
     def server_close(self) -> None:
+        if self._closing:
+            return
         self._closing = True
         self._wake_w.send(b"\0")
-        self._room.join(timeout=5)
+        if self._room is not None:
+            self._room.join(timeout=5)
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:

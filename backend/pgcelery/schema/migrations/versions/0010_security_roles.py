@@ -105,12 +105,14 @@ $policy$;
 def downgrade() -> None:
     schema = MigrationSettings().schema_name
     q = f'"{schema}"'
-    for policy in BROADCAST_POLICIES:
-        op.execute(f"DROP POLICY IF EXISTS {policy} ON {q}.{BROADCAST_TABLE}")
-    op.execute(f"ALTER TABLE {q}.{BROADCAST_TABLE} DISABLE ROW LEVEL SECURITY")
-    op.execute(f"DROP FUNCTION {q}.pgcelery_control_method(text)")
+    # Tables in the order a worker's claim locks them (kombu_message, then pgcelery_broadcast):
+    # the other order deadlocks with a running worker.
     for table in TENANT_TABLES:
         op.execute(f"DROP POLICY {TENANT_POLICY} ON {q}.{table}")
         op.execute(f"ALTER TABLE {q}.{table} DISABLE ROW LEVEL SECURITY")
         op.drop_index(f"ix_{table}_tenant_id", table_name=table, schema=schema)
         op.drop_column(table, "tenant_id", schema=schema)
+    for policy in BROADCAST_POLICIES:
+        op.execute(f"DROP POLICY IF EXISTS {policy} ON {q}.{BROADCAST_TABLE}")
+    op.execute(f"ALTER TABLE {q}.{BROADCAST_TABLE} DISABLE ROW LEVEL SECURITY")
+    op.execute(f"DROP FUNCTION {q}.pgcelery_control_method(text)")
