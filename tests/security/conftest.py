@@ -58,6 +58,17 @@ def insert_message(url: str, queue_id: int, payload: dict[str, Any] | str) -> No
         )
 
 
+def messages_in(url: str, queue: str) -> int:
+    """How many messages ``queue`` holds."""
+    with psycopg.connect(postgres.libpq(url)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+            " WHERE q.name = %s",
+            (queue,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def copy_as(payload: dict[str, Any], **headers: Any) -> tuple[str, dict[str, Any]]:
     """A copy of ``payload`` with a new task id and ``headers`` changed (None: removed)."""
     copied = json.loads(json.dumps(payload))

@@ -13,14 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from celery import Celery
 from starlette.testclient import TestClient
 
 from pgcelery.dashboard import create_dashboard
 from pgcelery.settings import Settings
-from tests.support import postgres
+from tests.security.conftest import messages_in
 
 ORIGIN = "http://localhost"
 
@@ -40,15 +39,6 @@ def _token(client: TestClient, path: str) -> str:
     found = re.search(r'name="token" value="([^"]+)"', page.text)
     assert found is not None
     return found.group(1)
-
-
-def _parked(app: Celery, database_url: str) -> int:
-    with psycopg.connect(postgres.libpq(database_url)) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
-            " WHERE q.name = 'parked'"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8008", "10.0.0.9"])
@@ -78,7 +68,7 @@ def test_a_cross_site_post_is_refused_even_with_a_valid_token(
         "/actions/purge/parked", data={"token": token}, headers=headers, follow_redirects=False
     )
     assert done.status_code == 403
-    assert _parked(app, database_url) == 1
+    assert messages_in(database_url, "parked") == 1
 
 
 def test_a_confirmation_token_works_once(
@@ -96,7 +86,7 @@ def test_a_confirmation_token_works_once(
         "/actions/purge/parked", data={"token": token}, headers=same_site, follow_redirects=False
     )
     assert again.status_code == 403
-    assert _parked(app, database_url) == 1
+    assert messages_in(database_url, "parked") == 1
 
 
 @pytest.mark.parametrize("path", ["/queues", "/actions/purge/parked", "/nowhere"])

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import psycopg
 import pytest
 import uvicorn
 from celery import Celery
@@ -20,7 +19,7 @@ from celery import Celery
 from pgcelery.dashboard import create_dashboard
 from pgcelery.settings import Settings
 from tests.acceptance import test_dashboard_browser as browser
-from tests.support import postgres
+from tests.security.conftest import messages_in
 from tests.support.waiting import wait_until
 
 
@@ -67,15 +66,6 @@ def attacker_site() -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
-def _parked(database_url: str) -> int:
-    with psycopg.connect(postgres.libpq(database_url)) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
-            " WHERE q.name = 'parked'"
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def test_a_dns_rebinding_page_cannot_read_the_dashboard(
     chromium: str, dashboard: str, app: Celery
 ) -> None:
@@ -113,4 +103,4 @@ def test_another_sites_form_cannot_purge_a_queue(
         chromium, f"{origin}/index.html", "--dump-dom", "--virtual-time-budget=5000"
     )
     assert "cross-site request refused" in dom
-    assert _parked(database_url) == 1
+    assert messages_in(database_url, "parked") == 1
