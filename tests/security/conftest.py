@@ -18,6 +18,7 @@ from celery import Celery
 from pgcelery import create_app
 from pgcelery.schema import migrations
 from pgcelery.settings import Settings
+from pgcelery.tenancy import signing
 from tests.support import postgres
 from tests.support.schemas import login_role, url_as
 
@@ -35,6 +36,7 @@ def signed_app(database_url: str) -> Iterator[Celery]:
     app = create_app("pgcelery-security", include=["tests.security.tasks"], settings=settings)
     yield app
     app.close()
+    signing.configure("")  # the key is process-wide: later tests run without it
 
 
 def last_message(url: str) -> tuple[int, dict[str, Any]]:

@@ -108,3 +108,10 @@ def test_global_tasks_from_a_stock_producer_still_run(
     insert_message(database_url, queue_id, stock)
     with solo_worker(signed_app):
         assert AsyncResult(task_id, app=signed_app).get(timeout=60) == 3
+
+
+def test_a_tenant_task_called_directly_on_a_signing_worker_runs(signed_app: Celery) -> None:
+    """A direct call is no message: nothing to sign, nothing refused."""
+    tenant = str(uuid.uuid4())
+    with tenant_context(tenant):
+        assert signed_app.tasks["tests.security.whoami"]() == tenant

@@ -56,8 +56,12 @@ def _header(request: Any, name: str) -> Any:
 
 def _check_signature(request: Any, task_name: str) -> bool:
     """ForgedMessage unless the message's tenant headers carry their signature; False when
-    nothing was checked (no key, or an eager run that had no message)."""
-    if not signing.enabled() or getattr(request, "is_eager", False):
+    nothing was checked: no key, or a run that had no message (eager, or a direct call)."""
+    if (
+        not signing.enabled()
+        or getattr(request, "is_eager", False)
+        or getattr(request, "called_directly", False)
+    ):
         return False
     signing.check(
         request.id,
@@ -67,6 +71,20 @@ def _check_signature(request: Any, task_name: str) -> bool:
         _header(request, signing.SIGNATURE_HEADER),
     )
     return True
+
+
+#: Set on a request by the ``task_prerun`` check, so a tenant task's run does not check again.
+_VERDICT = "pgcelery_signature_verdict"
+
+
+def _verified(request: Any, task_name: str) -> bool:
+    """Like :func:`_check_signature`, reusing the verdict ``task_prerun`` reached."""
+    verdict = getattr(request, _VERDICT, None)
+    if verdict == "forged":
+        raise ForgedMessage()
+    if verdict == "ok":
+        return True
+    return _check_signature(request, task_name)
 
 
 class _Parameters:
@@ -171,7 +189,7 @@ class TenantTask(PayloadTask):
             raw = current_tenant_id()
         try:
             tenant = parse_tenant_id(raw)
-            if _check_signature(request, self.name) and tenant != tenant_or_none(
+            if _verified(request, self.name) and tenant != tenant_or_none(
                 _header(request, TENANT_HEADER)
             ):
                 # The signature covers the header; a tenant_id argument must agree with it.
@@ -277,10 +295,12 @@ def _signed(request: Any, task: Task) -> bool:
     removed from its request so that a retry or a child task cannot re-sign it. Either way the
     forged tenant is never bound, so nothing (not even the stored result) is written as it."""
     try:
-        _check_signature(request, task.name)
+        checked = _check_signature(request, task.name)
     except ForgedMessage:
         if isinstance(task, TenantTask):
-            return False  # its __call__ refuses the message (and needs the header to say why)
+            # Its __call__ refuses the message (and needs the header to say why).
+            setattr(request, _VERDICT, "forged")
+            return False
         for name in (TENANT_HEADER, signing.SIGNATURE_HEADER):
             if hasattr(request, name):
                 setattr(request, name, None)
@@ -288,6 +308,8 @@ def _signed(request: Any, task: Task) -> bool:
             if isinstance(headers, dict):
                 headers.pop(name, None)
         return False
+    if checked:
+        setattr(request, _VERDICT, "ok")
     return True
 
 
