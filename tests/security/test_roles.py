@@ -158,3 +158,16 @@ def test_with_no_role_variables_the_app_role_keeps_every_right(
                 app.close()
         finally:
             postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.mark.parametrize("connect_as", ["producer", "worker", "ops"])
+def test_pgcelery_check_passes_for_each_role(
+    role_db: RoleDatabase, monkeypatch: pytest.MonkeyPatch, connect_as: str
+) -> None:
+    from pgcelery.schema import preflight
+
+    monkeypatch.setenv("DATABASE_URL", getattr(role_db, f"{connect_as}_url"))
+    findings: list[preflight.Finding] = []
+    assert preflight.run_checks(findings.append) == preflight.Exit.OK, findings
+    checked = {f.detail.split()[1] for f in findings if f.name == "privileges"}
+    assert checked == {role_db.producer, role_db.worker, role_db.ops}

@@ -71,6 +71,14 @@ WORKER_SEQUENCES: tuple[str, ...] = (
     f"{BROADCAST_TABLE}_id_seq",
 )
 
+#: What ``pgcelery check`` requires of a producer-only role (table → privileges), and sequences.
+PRODUCER_REQUIRED: dict[str, tuple[str, ...]] = {
+    QUEUE_TABLE: ("SELECT", "INSERT"),
+    MESSAGE_TABLE: ("INSERT",),
+    TASK_TABLE: ("SELECT",),
+    GROUP_TABLE: ("SELECT", "INSERT"),
+}
+
 #: Set of rights → (tables, sequences) it is granted.
 RIGHTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "producer": (PRODUCER_TABLES, PRODUCER_SEQUENCES),
