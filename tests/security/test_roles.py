@@ -171,3 +171,22 @@ def test_pgcelery_check_passes_for_each_role(
     assert preflight.run_checks(findings.append) == preflight.Exit.OK, findings
     checked = {f.detail.split()[1] for f in findings if f.name == "privileges"}
     assert checked == {role_db.producer, role_db.worker, role_db.ops}
+
+
+def test_a_worker_process_runs_as_the_worker_role(role_db: RoleDatabase) -> None:
+    """Celery's own worker start-up (mingle's hello, heartbeats, the prune pass) needs nothing
+    the worker role lacks; its remote-control replies still reach an ops client."""
+    from tests.support.workers import worker_process
+
+    producer = _app(role_db.producer_url, "sec-producer-process")
+    ops = _app(role_db.ops_url, "sec-ops-process")
+    argv = ["celery", "-A", "tests.support.app", "worker", "-P", "solo", "--loglevel=INFO"]
+    try:
+        with worker_process(role_db.worker_url, argv) as worker:
+            assert producer.send_task("tests.add", (2, 3)).get(timeout=60) == 5
+            assert ops.control.ping(timeout=5), worker.output()[-3000:]
+            assert "InsufficientPrivilege" not in worker.output()
+            assert "row-level security" not in worker.output()
+    finally:
+        producer.close()
+        ops.close()
