@@ -195,6 +195,9 @@ def _required(role: str, settings: Settings) -> tuple[dict[str, tuple[str, ...]]
         settings.ops_role or settings.app_role,
     ):
         return role_rights.PRODUCER_REQUIRED, role_rights.PRODUCER_SEQUENCES
+    if role == settings.worker_role and role != (settings.ops_role or settings.app_role):
+        # Workers read which queues are paused; only operators pause them.
+        return {**REQUIRED_TABLE_PRIVILEGES, PAUSE_TABLE: ("SELECT",)}, REQUIRED_SEQUENCES
     return REQUIRED_TABLE_PRIVILEGES, REQUIRED_SEQUENCES
 
 
