@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
             "schema": settings.schema_name,
             "async_commit": settings.worker_async_commit,
             "events_poll_interval": settings.events_poll_interval,
+            "max_message_bytes": settings.max_message_bytes,
         },
         # Remote control is on (pgcelery's transport broadcasts through pgcelery_broadcast);
         # task events stay opt-in (-E): they cost nothing until a receiver such as Flower binds.
@@ -216,8 +218,10 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     from pgcelery.observability import logging as json_logging
     from pgcelery.results import backend, dead_letters
     from pgcelery.scheduling import pruning
+    from pgcelery.tenancy import signing
     from pgcelery.tenancy import tasks as tenant_tasks
 
+    signing.configure(settings.signing_key)
     backend.install(app)
     dead_letters.install(app)
     tenant_tasks.install()
@@ -228,6 +232,7 @@ def _install_app_hooks(app: Celery, settings: Settings) -> None:
     _quiet_reconnect_warning()
     # The worker's logging setup shows every Celery deprecation warning again: after it.
     celeryd_after_setup.connect(_quiet_reconnect_warning, weak=False, dispatch_uid=__name__)
+    celeryd_after_setup.connect(_warn_unsigned, weak=False, dispatch_uid=f"{__name__}.signing")
     signals.install()
     app.pgcelery_observability = True
     health.add_check("listener", _listener_health)
@@ -243,6 +248,22 @@ def _quiet_reconnect_warning(**_: Any) -> None:
     warnings.filterwarnings(
         "ignore", message=r"\s*In Celery 5\.1 we introduced", category=CPendingDeprecationWarning
     )
+
+
+def _warn_unsigned(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """A worker that runs tenant tasks without PGCELERY_SIGNING_KEY trusts every tenant header."""
+    from pgcelery.tenancy import signing
+    from pgcelery.tenancy.tasks import TenantTask
+
+    app = getattr(instance, "app", None)
+    if app is None or signing.enabled():
+        return
+    if any(isinstance(task, TenantTask) for task in app.tasks.values()):
+        logging.getLogger(__name__).warning(
+            "pgcelery.security.unsigned_tenant_tasks: this worker runs tenant tasks but "
+            "PGCELERY_SIGNING_KEY is not set, so it trusts any tenant header written into "
+            "kombu_message; set the same key on producers and workers"
+        )
 
 
 def _listener_health(settings: Settings) -> tuple[bool, str]:

@@ -75,3 +75,13 @@ class InvalidUniqueOption(PgceleryError, ValueError):
     """Invalid unique task option: unique_key must be a non-empty string (or a callable of the
     task's arguments returning one, or None), unique_for a number of seconds >= 0, and
     unique_mode "keep" or "replace"."""
+
+
+class ForgedMessage(TenancyError):
+    """The message's tenant headers are not signed with PGCELERY_SIGNING_KEY (or were changed
+    after signing): it was refused and never run. Was it inserted behind pgcelery's back?"""
+
+
+class MessageTooLarge(PgceleryError):
+    """The task's message is larger than PGCELERY_MAX_MESSAGE_BYTES: pass a reference to the
+    data (a row id, an object-store key) instead of the data itself."""

@@ -45,6 +45,8 @@ def _identifier(value: str) -> str:
 
 #: A schema or role name: migrations and raw SQL quote it, but only after this check.
 SqlIdentifier = Annotated[str, AfterValidator(_identifier)]
+#: A role name, or empty for "the app role".
+OptionalIdentifier = Annotated[str, AfterValidator(lambda v: v and _identifier(v))]
 
 
 class Settings(BaseSettings):
@@ -73,6 +75,21 @@ class Settings(BaseSettings):
     app_role: SqlIdentifier = Field(
         default="app_user",
         description="Role granted access to the tables by the migrations, when it exists.",
+    )
+    producer_role: OptionalIdentifier = Field(
+        default="", description="Role that may enqueue and read results (empty: app role)."
+    )
+    worker_role: OptionalIdentifier = Field(
+        default="", description="Role that claims, acks and stores results (empty: app role)."
+    )
+    ops_role: OptionalIdentifier = Field(
+        default="", description="Role for remote control and dead letters (empty: app role)."
+    )
+    signing_key: str = Field(
+        default="", repr=False, description="Secret that signs tenant headers (HMAC-SHA256)."
+    )
+    max_message_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest serialized task message accepted."
     )
     visibility_timeout: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds a claimed message stays leased."
@@ -191,6 +208,10 @@ class Settings(BaseSettings):
     )
     dashboard_refresh: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between the pages' auto-refreshes."
+    )
+    dashboard_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the dashboard answers (default: bind address, localhost).",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -345,6 +366,18 @@ class MigrationSettings(BaseSettings):
         default="public", validation_alias=AliasChoices("PGCELERY_SCHEMA", "schema_name")
     )
     app_role: SqlIdentifier = Field(default="app_user")
+    producer_role: OptionalIdentifier = ""
+    worker_role: OptionalIdentifier = ""
+    ops_role: OptionalIdentifier = ""
+    tenant_guc: str = Field(default="app.current_tenant_id", pattern=_GUC.pattern)
+
+    def roles(self) -> dict[str, str]:
+        """Each set of rights (producer, worker, ops) → the role that holds it."""
+        return {
+            "producer": self.producer_role or self.app_role,
+            "worker": self.worker_role or self.app_role,
+            "ops": self.ops_role or self.app_role,
+        }
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -6,8 +6,8 @@ Owns pgcelery's kombu transport (``transport``) and its channel (``channel``): p
 per-consumer queues and the fence that lets them be pruned (``queue_rows``), the process-wide
 ``LISTEN`` connection (``listener``), enqueue inside the caller's transaction
 (``transactional``), publishing from an event loop (``recording``, ``async_publish``), a
-group's messages in one INSERT (``bulk``), unique sends (``unique``) and paused queues
-(``pauses``).
+group's messages in one INSERT (``bulk``), unique sends (``unique``), paused queues
+(``pauses``) and the size limit and tenant column of a published message (``limits``).
 
 May import: ``pgcelery.exceptions``, ``dsn``, ``settings``, ``connections``, ``event_loops`` and
 ``pgcelery.schema``. Never the app factory, the CLI, results, tenancy, observability or the

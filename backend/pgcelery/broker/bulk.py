@@ -28,14 +28,17 @@ from celery.canvas import Signature
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
-Row = tuple[str, int, int, Any]
+Row = tuple[str, int, int, Any, str | None]
 
 
 def as_json(rows: list[Row]) -> tuple[str]:
     """Rows as the one JSON parameter of ``MessageSql.put_many``."""
     return (
         json.dumps(
-            [[p, q, pr, None if due is None else due.isoformat()] for p, q, pr, due in rows]
+            [
+                [payload, queue, priority, None if due is None else due.isoformat(), tenant]
+                for payload, queue, priority, due, tenant in rows
+            ]
         ),
     )
 

@@ -15,7 +15,7 @@ import psycopg
 from kombu.utils.json import dumps
 
 from pgcelery import connections, dsn
-from pgcelery.broker import bulk
+from pgcelery.broker import bulk, limits
 from pgcelery.broker.acks import PendingAcks
 from pgcelery.broker.broadcast import EXCHANGE_TYPES, ChannelBroadcast
 from pgcelery.broker.caller_transaction import (
@@ -205,7 +205,8 @@ class Channel(ChannelOptions):
         unique = take_unique()
         if unique is not None:
             return publish_unique(self, unique, queue, message, priority)
-        values = (dumps(message), self._queue_id(queue), priority, due_at(message))
+        body = limits.checked(dumps(message), self.max_message_bytes)
+        values = (body, self._queue_id(queue), priority, due_at(message), limits.tenant_of(message))
         recorded = record()
         if recorded is not None:  # an async publish (pgcelery.broker.async_publish) runs it
             recorded.append(Insert(self._conninfo, self.sql.put, values, self.statement_timeout))
@@ -263,7 +264,16 @@ class Channel(ChannelOptions):
         try:
             rows = self._execute(
                 self.sql.claim,
-                (acked_ids, acked_tokens, ids, limit, limit, self.visibility_timeout, claimant()),
+                (
+                    acked_ids,
+                    acked_tokens,
+                    ids,
+                    limit,
+                    limit,
+                    self.visibility_timeout,
+                    claimant(),
+                    self.max_message_bytes,
+                ),
                 role="consume",
             ).fetchall()
         except Exception:

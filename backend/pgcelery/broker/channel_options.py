@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from kombu.transport import virtual
 
+from pgcelery.broker import limits
+
 
 class ChannelOptions(virtual.Channel):
     from_transport_options = (
@@ -25,6 +27,7 @@ class ChannelOptions(virtual.Channel):
         "events_poll_interval",
         "max_deliveries",
         "statement_timeout",
+        "max_message_bytes",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -42,3 +45,5 @@ class ChannelOptions(virtual.Channel):
     max_deliveries: int = 5
     #: Seconds a broker statement may run before the server cancels it (0: no limit).
     statement_timeout: float = 30.0
+    #: Largest serialized message published or delivered (pgcelery.broker.limits).
+    max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 REASON = "delivery limit"
 #: Why a message whose payload is not JSON is buried at once: no worker could ever run it.
 UNREADABLE = "unreadable payload"
+#: Why a message over PGCELERY_MAX_MESSAGE_BYTES is buried unread (pgcelery.broker.limits).
+OVERSIZED = "oversized payload"
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ class Refused:
     id: int
     token: str
     queue: str
-    raw: str
+    #: The stored payload; None when it was too large to be read (it moves inside the database).
+    raw: str | None
     #: The decoded payload; None when it could not be decoded.
     payload: dict[str, Any] | None
     priority: int
@@ -110,6 +113,9 @@ def bury(
     """Move claimed messages to the dead letters, each in its own transaction. Fenced by the
     lease the claim took: a message whose lease was lost meanwhile is left where it is."""
     for item in refused:
+        if item.raw is None:
+            _bury_unread(db, names, conninfo, item)
+            continue
         letter = DeadLetter(
             item.id,
             item.queue,
@@ -143,6 +149,42 @@ def bury(
                 )
         if moved:
             _announce(conninfo, letter)
+
+
+def _bury_unread(db: psycopg.Connection[Any], names: Names, conninfo: str, item: Refused) -> None:
+    """Move a message too large to read into the dead letters without reading it: the task id
+    and name are found in the text by the database (the body before them is base64)."""
+    with db.transaction():
+        row = db.execute(
+            f"WITH d AS (DELETE FROM {names.message} WHERE id = %s AND lease_token = %s"
+            "  RETURNING payload)"
+            f" INSERT INTO {names.dead_letter} (id, queue, payload, priority, deliveries,"
+            "  task_id, task_name, last_worker, reason)"
+            ' SELECT %s, %s, d.payload, %s, %s, substring(d.payload from \'"id": ?"([^"]+)"\'),'
+            '  substring(d.payload from \'"task": ?"([^"]+)"\'), %s, %s FROM d'
+            " ON CONFLICT (id) DO NOTHING RETURNING task_id, task_name",
+            (
+                item.id,
+                item.token,
+                item.id,
+                item.queue,
+                item.priority,
+                item.deliveries,
+                item.previous_claimant,
+                item.reason,
+            ),
+        ).fetchone()
+    if row is not None:
+        letter = DeadLetter(
+            item.id,
+            item.queue,
+            row[0],
+            row[1],
+            item.deliveries,
+            item.previous_claimant,
+            item.reason,
+        )
+        _announce(conninfo, letter)
 
 
 # -- operations (``pgcelery dead-letters``, the dashboard) ------------------------------------
@@ -182,9 +224,12 @@ def replay(db: psycopg.Connection[Any], names: Names, ids: Sequence[int] | None)
             f" r AS (DELETE FROM {names.task} t USING d"
             "  WHERE t.task_id = d.task_id AND t.status = 'FAILURE'),"
             f" m AS (INSERT INTO {names.message}"
-            "  (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
+            "  (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
+            "   tenant_id)"
             f"  SELECT nextval('{names.sequence('message_id_sequence')}'), true,"
-            "   now() AT TIME ZONE 'UTC', d.payload, 1, q.id, d.priority, now()"
+            "   now() AT TIME ZONE 'UTC', d.payload, 1, q.id, d.priority, now(),"
+            # The tenant column as the publisher filled it (pgcelery.broker.limits.tenant_of).
+            '   substring(d.payload from \'"pgcelery_tenant_id": ?"([^"]+)"\')'
             f"  FROM d JOIN {names.queue} q ON q.name = d.queue)"
             " SELECT id FROM d ORDER BY id",
             params,

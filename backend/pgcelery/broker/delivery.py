@@ -24,7 +24,7 @@ import psycopg
 from kombu.transport import virtual
 from kombu.utils.json import loads
 
-from pgcelery.broker.dead_letters import UNREADABLE, Refused
+from pgcelery.broker.dead_letters import OVERSIZED, UNREADABLE, Refused
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,13 @@ def sort_claimed(
     rows: Sequence[tuple[Any, ...]], queue_names: dict[int, str], max_deliveries: int
 ) -> tuple[list[Claimed], list[Refused]]:
     """Split a claim's rows into messages to deliver, (id, token, queue, payload) each with its
-    delivery tag set, and messages to refuse: unreadable, or over the delivery limit."""
+    delivery tag set, and messages to refuse: unreadable, too large (``raw`` None: the claim
+    did not read it), or over the delivery limit."""
     claimed: list[Claimed] = []
     refused: list[Refused] = []
     for message_id, queue_id, token, deliveries, raw, _, previous, priority in rows:
         queue = queue_names.get(queue_id, "")
-        payload, reason = decode_payload(raw)
+        payload, reason = (None, OVERSIZED) if raw is None else decode_payload(raw)
         if payload is None or 0 < max_deliveries < deliveries:
             item = Refused(
                 message_id, str(token), queue, raw, payload, priority, deliveries - 1, previous

@@ -22,7 +22,7 @@ class MessageSql:
     @cached_property
     def claim(self) -> str:
         """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds,
-        claimant.
+        claimant, largest payload delivered (bytes).
 
         Each row also carries the broadcast log's head as this statement saw it: every
         broadcast committed before a claimed message (a revoke sent just before the task) has
@@ -50,13 +50,15 @@ class MessageSql:
             f" UPDATE {m} m SET visible_at = now() + make_interval(secs => %s),"
             " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1, claimed_by = %s"
             " FROM c CROSS JOIN h WHERE m.id = c.id"
-            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries, m.payload, h.head,"
+            # A payload over the size limit is never sent to the worker (it is buried unread).
+            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries,"
+            " CASE WHEN octet_length(m.payload) <= %s THEN m.payload END, h.head,"
             " c.previous, m.priority"
         )
 
     @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority, due time (None: now).
+        """Params: payload, queue id, priority, due time (None: now), tenant id (None: global).
 
         A message due later (Celery's ``eta``/``countdown``) waits here, invisible and leased
         by no one, until it is due: no worker holds it, so none can hoard it or take it down
@@ -64,23 +66,26 @@ class MessageSql:
         """
         return (
             f"INSERT INTO {self.names.message}"
-            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
+            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
+            " tenant_id)"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
-            " greatest(now(), coalesce(%s::timestamptz, now())))"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s)"
         )
 
     @cached_property
     def put_many(self) -> str:
-        """Param: a JSON array of ``[payload, queue id, priority, due time]``: :attr:`put` for
-        many messages in one statement, ids in array order. (One JSON text, because psycopg
-        builds array parameters element by element in Python: 0.16 ms a message.)"""
+        """Param: a JSON array of ``[payload, queue id, priority, due time, tenant id]``:
+        :attr:`put` for many messages in one statement, ids in array order. (One JSON text,
+        because psycopg builds array parameters element by element in Python: 0.16 ms a
+        message.)"""
         return (
             f"INSERT INTO {self.names.message}"
-            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at)"
+            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
+            " tenant_id)"
             f" SELECT nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', m->>0, 1, (m->>1)::int, (m->>2)::smallint,"
-            " greatest(now(), coalesce((m->>3)::timestamptz, now()))"
+            " greatest(now(), coalesce((m->>3)::timestamptz, now())), m->>4"
             " FROM json_array_elements(%s::json) AS r(m)"
         )
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import psycopg
 from kombu.utils.json import dumps, loads
 
+from pgcelery.broker import limits
 from pgcelery.broker.caller_transaction import caller_connection, check_same_database
 from pgcelery.broker.delivery import due_at
 from pgcelery.schema.tables import Names
@@ -85,14 +86,14 @@ class UniqueSql:
 
     @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority, due time, task, key."""
+        """Params: payload, queue id, priority, due time, tenant id, task, key."""
         return (
             f"INSERT INTO {self.names.message}"
             " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
-            " unique_task, unique_key)"
+            " tenant_id, unique_task, unique_key)"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
-            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s)"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s)"
             " ON CONFLICT (unique_task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
             " RETURNING id"
         )
@@ -173,10 +174,11 @@ def publish_unique(
             # is a savepoint in it rather than a transaction of its own that commits.
             outer.execute("SELECT 1")
     conn = outer if outer is not None else channel._conn()
-    placed = (queue_id, priority, due_at(message))
+    placed = (queue_id, priority, due_at(message), limits.tenant_of(message))
     try:
         for _ in range(_ATTEMPTS):
-            if _attempt(conn, UniqueSql(channel.names), request, message, placed):
+            if _attempt(conn, UniqueSql(channel.names), request, message, placed,
+                        channel.max_message_bytes):  # fmt: skip
                 return
     except psycopg.OperationalError:
         if outer is None:
@@ -190,16 +192,18 @@ def _attempt(
     sql: UniqueSql,
     request: UniqueSend,
     message: dict[str, Any],
-    placed: tuple[int, int, Any],
+    placed: tuple[int, int, Any, str | None],
+    max_bytes: int,
 ) -> bool:
     """One try; False when the duplicate vanished before it could be read. ``placed``: queue
-    id, priority and due time."""
-    queue_id, priority, due = placed
+    id, priority, due time and tenant id."""
+    queue_id, priority, due, tenant = placed
     key = (request.task, request.key)
     if request.unique_for is not None:
         message.setdefault("headers", {})[HOLD_HEADER] = [*key, request.unique_for]
     with conn.transaction():
-        inserted = conn.execute(sql.put, (dumps(message), queue_id, priority, due, *key)).fetchone()
+        body = limits.checked(dumps(message), max_bytes)
+        inserted = conn.execute(sql.put, (body, queue_id, priority, due, tenant, *key)).fetchone()
         held = conn.execute(sql.held, key).fetchone()
         if inserted is not None:
             if held is None:
@@ -217,7 +221,7 @@ def _attempt(
         message_id, raw, waiting = row
         request.existing_id = _task_id(raw)
         if request.mode == "replace" and waiting and request.existing_id:
-            body = dumps(_adopt_id(message, request.existing_id))
+            body = limits.checked(dumps(_adopt_id(message, request.existing_id)), max_bytes)
             conn.execute(sql.replace, (body, priority, due, message_id))
             request.replaced = True
         return True

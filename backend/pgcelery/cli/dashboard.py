@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the web dashboard (read-only unless PGCELERY_DASHBOARD_ACTIONS=true)."""
-    from pgcelery.dashboard.serve import serve
+    try:
+        from pgcelery.dashboard.serve import serve
+    except ImportError as exc:
+        print(
+            f"pgcelery dashboard needs the dashboard extra ({exc.name or 'starlette'} is not "
+            "installed): pip install 'pgcelery[dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
     from pgcelery.settings import Settings
 
     settings = Settings()

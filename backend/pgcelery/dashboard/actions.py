@@ -3,7 +3,8 @@ queue, replay a dead letter.
 
 Each is offered only with ``PGCELERY_DASHBOARD_ACTIONS=true``, runs only on a POST carrying a
 token this process signed for exactly that action and target (shown on the confirmation page,
-valid for ten minutes, so another site cannot forge the request), and is logged as a structured
+valid once and for ten minutes, so another site cannot forge the request: see
+:mod:`pgcelery.dashboard.security`), and is logged as a structured
 event naming the action, its target, its outcome and the user.
 """
 
@@ -47,19 +48,22 @@ class Tokens:
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
 
-    def _sign(self, action: str, target: str, expires: int) -> str:
-        text = f"{action}\0{target}\0{expires}".encode()
+    def _sign(self, action: str, target: str, expires: int, nonce: str) -> str:
+        text = f"{action}\0{target}\0{expires}\0{nonce}".encode()
         return hmac.new(self._key, text, hashlib.sha256).hexdigest()
 
     def issue(self, action: str, target: str) -> str:
+        """``<expiry>.<nonce>.<signature>``: each confirmation page gets a token of its own."""
         expires = int(time.time() + TOKEN_LIFETIME)
-        return f"{expires}.{self._sign(action, target, expires)}"
+        nonce = secrets.token_hex(8)
+        return f"{expires}.{nonce}.{self._sign(action, target, expires, nonce)}"
 
     def valid(self, token: str, action: str, target: str) -> bool:
-        stamp, _, signature = token.partition(".")
+        stamp, _, rest = token.partition(".")
+        nonce, _, signature = rest.partition(".")
         if not stamp.isdigit() or int(stamp) < time.time():
             return False
-        return hmac.compare_digest(signature, self._sign(action, target, int(stamp)))
+        return hmac.compare_digest(signature, self._sign(action, target, int(stamp), nonce))
 
 
 class Actions:

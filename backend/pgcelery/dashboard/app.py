@@ -25,13 +25,21 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from pgcelery.dashboard import charts
-from pgcelery.dashboard.actions import ACTIONS, ActionRefused, Actions, Tokens
+from pgcelery.dashboard.actions import ACTIONS, ActionRefused, Actions
 from pgcelery.dashboard.queries import Queries
+from pgcelery.dashboard.security import Guard, SingleUseTokens, allowed_hosts
 from pgcelery.settings import Settings
 
 HERE = Path(__file__).parent
 STATES = (*sorted(states.ALL_STATES - {states.PENDING}), states.PENDING)
 FRAGMENT_HEADER = "x-dashboard-fragment"
+#: The fixed notice shown after each action (the outcome itself is in the log).
+DONE_NOTICES = {
+    "retry": "Task sent again.",
+    "revoke": "Task revoked.",
+    "purge": "Queue purged.",
+    "replay": "Dead letter put back on its queue.",
+}
 
 
 class BasicAuth(BaseHTTPMiddleware):
@@ -93,7 +101,7 @@ class Dashboard:
         self.settings = settings
         self.queries = Queries(settings)
         self._celery = celery_app
-        self.tokens = Tokens()
+        self.tokens = SingleUseTokens()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["age"] = _age
         self.templates.env.filters["stamp"] = _stamp
@@ -111,7 +119,7 @@ class Dashboard:
             fragment=FRAGMENT_HEADER in request.headers,
             refresh=self.settings.dashboard_refresh,
             actions_enabled=self.settings.dashboard_actions,
-            notice=request.query_params.get("notice"),
+            notice=DONE_NOTICES.get(request.query_params.get("done", "")),
             page=name.removesuffix(".html"),
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -206,7 +214,8 @@ class Dashboard:
         except ActionRefused as exc:
             return PlainTextResponse(f"not done: {exc}", status_code=409)
         back = f"/tasks/{outcome.task_id}" if outcome.task_id else "/queues"
-        return RedirectResponse(f"{back}?{_query({'notice': outcome.message})}", status_code=303)
+        # Only a known action name travels in the URL: a link cannot make the page say anything.
+        return RedirectResponse(f"{back}?{_query({'done': action})}", status_code=303)
 
     def _action(self, request: Request) -> tuple[str, str]:
         action = request.path_params["action"]
@@ -229,10 +238,15 @@ def _query(values: dict[str, Any]) -> str:
     return urlencode(values)
 
 
-def create_dashboard(settings: Settings, celery_app: Celery | None = None) -> Starlette:
-    """The dashboard as an ASGI app (serve it with ``pgcelery dashboard`` or any ASGI server)."""
+def create_dashboard(
+    settings: Settings, celery_app: Celery | None = None, bind_host: str | None = None
+) -> Starlette:
+    """The dashboard as an ASGI app (serve it with ``pgcelery dashboard`` or any ASGI server);
+    ``bind_host`` (default ``PGCELERY_DASHBOARD_HOST``) is an allowed ``Host`` unless
+    ``PGCELERY_DASHBOARD_ALLOWED_HOSTS`` names them."""
     board = Dashboard(settings, celery_app)
-    middleware = []
+    hosts = allowed_hosts(settings.dashboard_allowed_hosts, bind_host or settings.dashboard_host)
+    middleware = [Middleware(Guard, hosts=hosts)]
     if settings.dashboard_user:
         middleware.append(
             Middleware(

@@ -57,4 +57,10 @@ def serve(settings: Settings, host: str, port: int, insecure_no_auth: bool = Fal
         settings.redacted_url,
         extra={"host": host, "port": port},
     )
-    uvicorn.run(create_dashboard(settings), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_dashboard(settings, bind_host=host),
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+    )

@@ -1,7 +1,8 @@
 """Observability: what a worker reports about itself and the queue, with no secrets in it.
 
 Owns ``metrics`` (every metric, declared once), ``signals`` (task counters), ``server``
-(``/metrics``, ``/health``, ``/livez``), ``health`` (the probes), ``logging`` (JSON logs with
+(``/metrics``, ``/health``, ``/livez``) on ``bounded_http`` (a server half-open connections
+cannot exhaust), ``health`` (the probes), ``logging`` (JSON logs with
 ids), ``redaction`` (the ``DATABASE_URL`` password scrubbed everywhere), ``heartbeat`` (worker
 rows in ``pgcelery_worker``), ``events`` (batched task events), ``stats`` (``pgcelery stats``)
 and ``progress`` (task progress read from results).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -95,11 +96,22 @@ def _head() -> str:
     return migrations.head()
 
 
+#: Where libpq's messages name the server and the role: /health is often reachable by more
+#: people than the database, so it says that a connection failed, not to what or as whom.
+_SERVER = re.compile(r'(server (?:at|on socket)) "[^"]*"(?: \([^)]*\))?')
+_NAMED = re.compile(r'\b(user|role|host|database) "[^"]*"')
+
+
+def anonymous(text: str) -> str:
+    """``text`` without the database host, address, socket, user or database name."""
+    return _NAMED.sub(r"\1 ***", _SERVER.sub(r"\1 ***", text))
+
+
 def _reason(exc: BaseException) -> str:
     # psycopg puts the server's message on the first line; the rest is hints and context.
     first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     text = first[0] if first else ""
-    return scrub(f"{type(exc).__name__}: {text}"[:_MAX_REASON])
+    return anonymous(scrub(f"{type(exc).__name__}: {text}"))[:_MAX_REASON]
 
 
 class DatabaseProbe:

@@ -65,6 +65,12 @@ class TaskMetrics:
             ("queue_name", "reason"),
             registry=None,
         )
+        self.forged = Counter(
+            "pgcelery_forged_messages",
+            "Tenant task messages refused: tenant headers without a valid signature.",
+            ("name",),
+            registry=None,
+        )
         self.db_connections_in_use = Gauge(
             "pgcelery_db_pool_connections_in_use",
             "SQLAlchemy pool connections checked out in the worker's processes.",

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pgcelery.observability import logging as json_logging
 from pgcelery.observability import metrics, signals
+from pgcelery.observability.bounded_http import BoundedHTTPServer, HeadReadingHandler
 from pgcelery.observability.health import DatabaseProbe
 from pgcelery.settings import Settings, settings_of
 
@@ -72,13 +73,15 @@ class ObservabilityServer:
         self.directory = directory
         self.probe = DatabaseProbe(settings)
         self.collector = ScrapeCollector(hostname, self.probe)
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
         """Bind and serve; ``False`` (after logging why) when the port cannot be bound."""
         try:
-            self.httpd = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+            # Bounded: half-sent requests wait in one thread, complete ones are served by a
+            # small pool (pgcelery.observability.bounded_http).
+            self.httpd = BoundedHTTPServer((self.host, self.port), _handler_for(self))
         except OSError as exc:
             log.error(
                 "pgcelery.observability.port_in_use: cannot serve /metrics and /health on "
@@ -91,7 +94,6 @@ class ObservabilityServer:
             )
             self.probe.close()
             return False
-        self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="pgcelery-metrics", daemon=True
@@ -130,7 +132,7 @@ class ObservabilityServer:
 
 
 def _handler_for(server: ObservabilityServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(HeadReadingHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             try:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import current_app, signals
 
+from pgcelery.exceptions import ForgedMessage
 from pgcelery.observability.metrics import task_metrics
 
 _STATE: dict[str, Any] = {"enabled": False, "hostname": ""}
@@ -115,6 +116,8 @@ def _on_failure(sender: Any = None, exception: BaseException | None = None, **_:
         labels = _labels(sender.name, sender.request)
         exception_name = type(exception).__name__ if exception is not None else ""
         task_metrics().failed.labels(**labels, exception=exception_name).inc()
+        if isinstance(exception, ForgedMessage):
+            task_metrics().forged.labels(sender.name).inc()
 
 
 def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:

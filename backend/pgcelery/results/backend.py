@@ -14,7 +14,6 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from functools import cached_property, partial
-from time import monotonic
 from typing import Any
 
 import psycopg
@@ -30,8 +29,9 @@ from pgcelery import connections, dsn
 from pgcelery.observability import redaction
 from pgcelery.results import chords
 from pgcelery.results.deferred_start import DeferredStarts
-from pgcelery.results.waiters import waiters
+from pgcelery.results.waiters import Polling, ready_metas, waiters
 from pgcelery.schema.tables import Names
+from pgcelery.tenancy.scope import current_tenant_id
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -156,6 +156,9 @@ class PgBackend(DatabaseBackend):
         row = self.task_cls(task_id)
         self._update_result(row, result, state, traceback=traceback, request=request)
         values = [getattr(row, name) for name in self._columns]
+        # The tenant the task runs for (bound by pgcelery.tenancy from its signed headers), for
+        # row-level security on celery_taskmeta; None for a global task.
+        values.append(current_tenant_id())
         group_id = getattr(request, "group", None) if getattr(request, "chord", None) else None
         if group_id and state in states.READY_STATES:
             self._store_chord_part(task_id, group_id, values)
@@ -188,8 +191,9 @@ class PgBackend(DatabaseBackend):
         # One statement, one round trip: insert, or update unless a SUCCESS is already stored
         # (Celery's rule: a repeated run never replaces a stored result).
         names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{c}"' for c in self._columns)
+        columns = ", ".join(f'"{c}"' for c in (*self._columns, "tenant_id"))
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*self._columns, "date_done"))
+        updates += ", tenant_id = coalesce(EXCLUDED.tenant_id, t.tenant_id)"
         return (
             f"INSERT INTO {names.task} AS t (id, task_id, {columns}, date_done)"
             f" VALUES (nextval('{names.sequence('task_id_sequence')}'), {task},"
@@ -199,11 +203,11 @@ class PgBackend(DatabaseBackend):
 
     @cached_property
     def _sql_upsert(self) -> str:
-        return self._upsert("%s", ["%s"] * len(self._columns))
+        return self._upsert("%s", ["%s"] * (len(self._columns) + 1))  # + tenant_id
 
     @cached_property
     def _sql_store_and_count(self) -> str:
-        named = [f"%(v{i})s" for i in range(len(self._columns))]
+        named = [f"%(v{i})s" for i in range(len(self._columns) + 1)]  # + tenant_id
         return self._chord_sql.count_with(self._upsert("%(task)s", named))
 
     @cached_property
@@ -294,45 +298,13 @@ class PgBackend(DatabaseBackend):
         """Yield ``(task_id, meta)`` as each task is ready: every round reads all the tasks
         still pending in one query, then sleeps until a NOTIFY names one of them (``interval``
         is only the fallback poll). ``GroupResult.get()``/``join_native`` and chords use it."""
-        pending = list(dict.fromkeys(task_ids))
-        ready = [(tid, self._cache[tid]) for tid in pending if tid in self._cache]
-        for task_id, meta in ready:
-            yield task_id, meta
-        pending = [tid for tid in pending if tid not in self._cache]
-        if not pending:
-            return
-        waiting = waiters(self._conninfo)
-        deadline = None if timeout is None else monotonic() + timeout
-        rounds = 0
-        while pending:
-            watched = pending
-            event = waiting.add(watched)
-            try:
-                metas = self._ensure_retryable(self._metas, pending)
-                for task_id in pending:
-                    meta = metas[task_id]
-                    if meta["status"] in READY_STATES:
-                        self._cache[task_id] = meta  # as Celery's get_many: any ready state
-                        if on_message is not None:
-                            on_message(meta)
-                        yield task_id, meta
-                pending = [tid for tid in pending if metas[tid]["status"] not in READY_STATES]
-                if not pending:
-                    return
-                rounds += 1
-                if max_iterations and rounds >= max_iterations:
-                    return
-                if on_interval:
-                    on_interval()
-                wait = 0.5 if interval is None else interval
-                if deadline is not None:
-                    remaining = deadline - monotonic()
-                    if remaining <= 0:
-                        raise CeleryTimeoutError("The operation timed out.")
-                    wait = min(wait, remaining)
-                event.wait(wait)
-            finally:
-                waiting.remove(watched, event)
+        return ready_metas(
+            self,
+            waiters(self._conninfo),
+            task_ids,
+            Polling(timeout, interval, on_message, on_interval, max_iterations),
+            READY_STATES,
+        )
 
     # -- chords, joined in the database (pgcelery.results.chords) -------------------------------
 

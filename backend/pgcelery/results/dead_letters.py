@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 def failure_for(letter: dead_letters.DeadLetter) -> DeliveryLimitExceeded:
     if letter.reason == dead_letters.UNREADABLE:
         what = "its payload is not a JSON object"
+    elif letter.reason == dead_letters.OVERSIZED:
+        what = "its message is larger than PGCELERY_MAX_MESSAGE_BYTES"
     else:
         what = (
             f"it was delivered {letter.deliveries} times without finishing (last worker:"

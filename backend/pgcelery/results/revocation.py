@@ -27,6 +27,7 @@ from celery.exceptions import TaskRevokedError
 from celery.utils.functional import maybe_list
 from kombu.utils.json import loads
 
+from pgcelery.broker import limits
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,21 @@ def revoke_waiting(app: Any, task_ids: Iterable[str], reason: str = "revoked") -
                 request=_request(task_id, payload, queue),
             )
             values = [getattr(row, name) for name in backend._columns]
+            values.append(_tenant_of(payload))  # the result's tenant_id, for row-level security
             conn.execute(backend._sql_upsert, (task_id, *values))
             revoked.append(task_id)
         conn.execute(_mark_sql(names), (ids,))
     if revoked:
         log.info("pgcelery.revoke.deleted", extra={"task_ids": revoked})
     return revoked
+
+
+def _tenant_of(payload: str) -> str | None:
+    try:
+        message = loads(payload)
+    except ValueError:
+        return None
+    return limits.tenant_of(message) if isinstance(message, dict) else None
 
 
 class PgControl(Control):  # type: ignore[misc]

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from time import monotonic, sleep
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from pgcelery.broker import listener
 from pgcelery.schema.tables import RESULT_CHANNEL
@@ -97,3 +101,60 @@ def waiters(conninfo: str) -> Waiters:
         if found is None:
             found = _WAITERS[key] = Waiters(conninfo)
         return found
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How ``get_many`` waits: Celery's arguments of that name."""
+
+    timeout: float | None
+    interval: float | None
+    on_message: Any
+    on_interval: Any
+    max_iterations: int | None
+
+
+def ready_metas(
+    backend: Any,
+    waiting: Waiters,
+    task_ids: Iterable[str],
+    polling: Polling,
+    ready_states: frozenset[str],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The result backend's ``get_many``: ``(task_id, meta)`` as each task is ready, reading
+    every task still pending in one query (``backend._metas``) per round, and sleeping until a
+    NOTIFY names one of them."""
+    cache = backend._cache
+    pending = list(dict.fromkeys(task_ids))
+    for task_id in [tid for tid in pending if tid in cache]:
+        yield task_id, cache[task_id]
+    pending = [tid for tid in pending if tid not in cache]
+    deadline = None if polling.timeout is None else monotonic() + polling.timeout
+    rounds = 0
+    while pending:
+        watched = pending
+        event = waiting.add(watched)
+        try:
+            metas = backend._ensure_retryable(backend._metas, pending)
+            for task_id in pending:
+                meta = metas[task_id]
+                if meta["status"] in ready_states:
+                    cache[task_id] = meta  # as Celery's get_many: any ready state
+                    if polling.on_message is not None:
+                        polling.on_message(meta)
+                    yield task_id, meta
+            pending = [tid for tid in pending if metas[tid]["status"] not in ready_states]
+            rounds += 1
+            if not pending or (polling.max_iterations and rounds >= polling.max_iterations):
+                return
+            if polling.on_interval:
+                polling.on_interval()
+            wait = 0.5 if polling.interval is None else polling.interval
+            if deadline is not None:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise CeleryTimeoutError("The operation timed out.")
+                wait = min(wait, remaining)
+            event.wait(wait)
+        finally:
+            waiting.remove(watched, event)

@@ -16,6 +16,7 @@ import sqlalchemy.exc
 
 from pgcelery import celery_overrides, dsn
 from pgcelery.exceptions import ConfigurationError, SchemaError
+from pgcelery.schema import roles as role_rights
 from pgcelery.schema.check import inspect_schema
 from pgcelery.schema.tables import (
     BEAT_TABLE,
@@ -77,17 +78,23 @@ class Finding:
     detail: str
 
 
-def missing_privileges(conn: psycopg.Connection[Any], role: str, schema: str) -> list[str]:
+def missing_privileges(
+    conn: psycopg.Connection[Any],
+    role: str,
+    schema: str,
+    tables: dict[str, tuple[str, ...]] = REQUIRED_TABLE_PRIVILEGES,
+    sequences: tuple[str, ...] = REQUIRED_SEQUENCES,
+) -> list[str]:
     """``"SELECT on kombu_message"``-style descriptions of what ``role`` lacks."""
     missing: list[str] = []
     if not _has(conn, "has_schema_privilege(%s, %s, 'USAGE')", (role, schema)):
         return [f"USAGE on schema {schema}"]
-    for table, privileges in REQUIRED_TABLE_PRIVILEGES.items():
+    for table, privileges in tables.items():
         qualified = f'"{schema}"."{table}"'
         for privilege in privileges:
             if not _has(conn, "has_table_privilege(%s, %s, %s)", (role, qualified, privilege)):
                 missing.append(f"{privilege} on {table}")
-    for sequence in REQUIRED_SEQUENCES:
+    for sequence in sequences:
         qualified = f'"{schema}"."{sequence}"'
         if not _has(conn, "has_sequence_privilege(%s, %s, 'USAGE')", (role, qualified)):
             missing.append(f"USAGE on sequence {sequence}")
@@ -118,6 +125,12 @@ def run_checks(
         return Exit.CONFIGURATION
     url = settings.database_url
     report(Finding("configuration", True, f"database {dsn.redact(url)}"))
+    if not settings.signing_key:
+        detail = (
+            "WARNING: PGCELERY_SIGNING_KEY is not set: workers trust any tenant header "
+            "(set it on producers and workers that run tenant tasks)"
+        )
+        report(Finding("signing", True, detail))
 
     try:
         conn = psycopg.connect(dsn.libpq_url(url), connect_timeout=CONNECT_TIMEOUT)
@@ -148,13 +161,16 @@ def run_checks(
         report(Finding("schema", True, f"at head {state.expected} (schema {settings.schema_name})"))
 
         roles = [user]
-        if settings.app_role != user and _has(
-            conn, "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (settings.app_role,)
-        ):
-            roles.append(settings.app_role)
+        for named in (settings.app_role, *_separate_roles(settings)):
+            if named not in roles and _has(
+                conn, "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (named,)
+            ):
+                roles.append(named)
         failed = False
         for role in roles:
-            missing = missing_privileges(conn, role, settings.schema_name)
+            missing = missing_privileges(
+                conn, role, settings.schema_name, *_required(role, settings)
+            )
             if missing:
                 failed = True
                 detail = (
@@ -165,6 +181,24 @@ def run_checks(
             else:
                 report(Finding("privileges", True, f"role {role} has what workers need"))
     return Exit.PRIVILEGES if failed else Exit.OK
+
+
+def _separate_roles(settings: Settings) -> list[str]:
+    return [r for r in (settings.producer_role, settings.worker_role, settings.ops_role) if r]
+
+
+def _required(role: str, settings: Settings) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """What ``role`` must hold: a producer-only role (PGCELERY_PRODUCER_ROLE, and neither the
+    worker nor the ops role) far less than one that runs workers."""
+    if role == settings.producer_role and role not in (
+        settings.worker_role or settings.app_role,
+        settings.ops_role or settings.app_role,
+    ):
+        return role_rights.PRODUCER_REQUIRED, role_rights.PRODUCER_SEQUENCES
+    if role == settings.worker_role and role != (settings.ops_role or settings.app_role):
+        # Workers read which queues are paused; only operators pause them.
+        return {**REQUIRED_TABLE_PRIVILEGES, PAUSE_TABLE: ("SELECT",)}, REQUIRED_SEQUENCES
+    return REQUIRED_TABLE_PRIVILEGES, REQUIRED_SEQUENCES
 
 
 def _first_line(exc: BaseException) -> str:

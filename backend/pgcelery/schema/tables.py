@@ -227,6 +227,15 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         ),
         schema=target,
     )
+    # Added by revision 0010: the tenant of a tenant task's message and result, for row-level
+    # security (the policies themselves are not part of this metadata).
+    for table in (message, task):
+        table.append_column(sa.Column("tenant_id", sa.Text))
+        sa.Index(
+            f"ix_{table.name}_tenant_id",
+            table.c.tenant_id,
+            postgresql_where=sa.text("tenant_id IS NOT NULL"),
+        )
     # Added by revision 0011: chords joined in the database (pgcelery.results.chords).
     chord = sa.Table(
         CHORD_TABLE,

@@ -3,7 +3,8 @@
 Owns ``scope`` (tenant and correlation ids in contextvars), ``tasks`` (``tenant_task``, the
 headers that carry the ids, the worker-side binding), ``db`` (sessions whose transactions set the
 tenant GUCs locally, for row-level security; ``async_db`` for event loops, ``gucs`` the settings
-both make) and ``payloads`` (typed task arguments).
+both make), ``payloads`` (typed task arguments) and ``signing`` (the HMAC over a message's tenant
+headers that workers check).
 
 May import: ``pgcelery.exceptions``, ``settings``, ``dsn`` and ``event_loops``. ``scope`` imports
 nothing of pgcelery's but the exceptions, so every other package may read the current ids from

@@ -20,7 +20,8 @@ from typing import Any
 from celery import Task, shared_task
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
-from pgcelery.exceptions import ConfigurationError, PayloadInvalid, TenancyError
+from pgcelery.exceptions import ConfigurationError, ForgedMessage, PayloadInvalid, TenancyError
+from pgcelery.tenancy import signing
 from pgcelery.tenancy.payloads import PayloadTask, keyword_values
 from pgcelery.tenancy.scope import (
     _CORRELATION,
@@ -51,6 +52,39 @@ def _header(request: Any, name: str) -> Any:
         if isinstance(headers, Mapping):
             found = headers.get(name)
     return found
+
+
+def _check_signature(request: Any, task_name: str) -> bool:
+    """ForgedMessage unless the message's tenant headers carry their signature; False when
+    nothing was checked: no key, or a run that had no message (eager, or a direct call)."""
+    if (
+        not signing.enabled()
+        or getattr(request, "is_eager", False)
+        or getattr(request, "called_directly", False)
+    ):
+        return False
+    signing.check(
+        request.id,
+        task_name,
+        _header(request, TENANT_HEADER),
+        _header(request, CORRELATION_HEADER),
+        _header(request, signing.SIGNATURE_HEADER),
+    )
+    return True
+
+
+#: Set on a request by the ``task_prerun`` check, so a tenant task's run does not check again.
+_VERDICT = "pgcelery_signature_verdict"
+
+
+def _verified(request: Any, task_name: str) -> bool:
+    """Like :func:`_check_signature`, reusing the verdict ``task_prerun`` reached."""
+    verdict = getattr(request, _VERDICT, None)
+    if verdict == "forged":
+        raise ForgedMessage()
+    if verdict == "ok":
+        return True
+    return _check_signature(request, task_name)
 
 
 class _Parameters:
@@ -155,6 +189,11 @@ class TenantTask(PayloadTask):
             raw = current_tenant_id()
         try:
             tenant = parse_tenant_id(raw)
+            if _verified(request, self.name) and tenant != tenant_or_none(
+                _header(request, TENANT_HEADER)
+            ):
+                # The signature covers the header; a tenant_id argument must agree with it.
+                raise ForgedMessage()
         except TenancyError as exc:
             raise self._refuse(exc, request.id, "worker") from None
         correlation = (
@@ -220,6 +259,7 @@ def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers.setdefault(TENANT_HEADER, scope.tenant_id)
     if scope.correlation_id is not None:
         headers.setdefault(CORRELATION_HEADER, scope.correlation_id)
+    signing.sign(headers, TENANT_HEADER, CORRELATION_HEADER)
 
 
 def _bind_before_run(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
@@ -235,6 +275,8 @@ def _bind_before_run(task_id: str | None = None, task: Task | None = None, **_: 
         # A worker thread's leftover ids must never reach the next task: start from the headers.
         tenant, correlation = None, None
     tenant = tenant_or_none(_header(request, TENANT_HEADER)) or tenant
+    if tenant is not None and not _signed(request, task):
+        tenant = None
     if getattr(task, "pgcelery_global", False):
         tenant = None
     correlation = (
@@ -245,6 +287,30 @@ def _bind_before_run(task_id: str | None = None, task: Task | None = None, **_: 
     tokens = (_TENANT.set(tenant), _CORRELATION.set(correlation))
     with _RUNNING_LOCK:
         _RUNNING[(threading.get_ident(), task_id)] = tokens
+
+
+def _signed(request: Any, task: Task) -> bool:
+    """Whether a message's tenant may be bound. A tenant task refuses a forged message itself
+    (FAILURE ForgedMessage); any other task runs without the forged tenant, which is also
+    removed from its request so that a retry or a child task cannot re-sign it. Either way the
+    forged tenant is never bound, so nothing (not even the stored result) is written as it."""
+    try:
+        checked = _check_signature(request, task.name)
+    except ForgedMessage:
+        if isinstance(task, TenantTask):
+            # Its __call__ refuses the message (and needs the header to say why).
+            setattr(request, _VERDICT, "forged")
+            return False
+        for name in (TENANT_HEADER, signing.SIGNATURE_HEADER):
+            if hasattr(request, name):
+                setattr(request, name, None)
+            headers = getattr(request, "headers", None)
+            if isinstance(headers, dict):
+                headers.pop(name, None)
+        return False
+    if checked:
+        setattr(request, _VERDICT, "ok")
+    return True
 
 
 def _reset_after_run(task_id: str | None = None, **_: Any) -> None:

@@ -23,5 +23,5 @@ def board_settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def client(board_settings: Settings, app: Celery) -> Iterator[TestClient]:
-    with TestClient(create_dashboard(board_settings, app)) as http:
+    with TestClient(create_dashboard(board_settings, app), base_url="http://localhost") as http:
         yield http

@@ -77,7 +77,7 @@ def board(million: str) -> Iterator[tuple[TestClient, RecordingQueries]]:
     web = create_dashboard(settings, app)
     dashboard: Dashboard = web.state.dashboard
     dashboard.queries = RecordingQueries(settings)
-    with TestClient(web) as client:
+    with TestClient(web, base_url="http://localhost") as client:
         yield client, dashboard.queries
 
 

@@ -175,7 +175,7 @@ def test_basic_auth_when_configured(database_url: str, app: Celery) -> None:
         PGCELERY_DASHBOARD_USER="ops",
         PGCELERY_DASHBOARD_PASSWORD="pw-123",
     )
-    with TestClient(create_dashboard(settings, app)) as http:
+    with TestClient(create_dashboard(settings, app), base_url="http://localhost") as http:
         assert http.get("/queues").status_code == 401
         assert http.get("/queues", auth=("ops", "wrong")).status_code == 401
         assert http.get("/static/dashboard.js").status_code == 401

@@ -43,11 +43,13 @@ def grant(
     tables: Iterable[tuple[str, str]],
     sequences: Iterable[str] = (),
     version_table: bool = False,
+    to: str | None = None,
 ) -> None:
     """Grant ``(table, privileges)`` pairs, ``USAGE`` on ``sequences`` and, with
-    ``version_table``, ``SELECT`` on the version table, to the app role if it exists."""
+    ``version_table``, ``SELECT`` on the version table, to the app role (or the validated role
+    ``to``) if it exists."""
     settings = MigrationSettings()
-    role = _quote_literal(settings.app_role)
+    role = _quote_literal(to or settings.app_role)
     schema = _quote_literal(settings.schema_name)
     statements = [f"EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', {schema}, {role});"]
     for table, privileges in tables:

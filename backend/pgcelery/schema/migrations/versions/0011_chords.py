@@ -8,7 +8,7 @@ transaction that stores the result; whoever sees ``done`` reach ``size`` fires t
 guarded by ``fired_at`` under the chord row's lock (:mod:`pgcelery.results.chords`).
 
 Revision ID: 0011_chords
-Revises: 0009_job_control
+Revises: 0010_security_roles
 Create Date: 2026-11-29
 """
 
@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
+from pgcelery.schema.roles import CHORD_RIGHTS
 from pgcelery.schema.tables import CHORD_PART_TABLE, CHORD_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0011_chords"
-down_revision: str | None = "0009_job_control"
+down_revision: str | None = "0010_security_roles"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -60,13 +61,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("group_id", "task_id"),
         schema=schema,
     )
-    # Producers create chords; workers count parts, fire bodies and prune old chords.
-    grant(
-        [
-            (CHORD_TABLE, "SELECT, INSERT, UPDATE, DELETE"),
-            (CHORD_PART_TABLE, "SELECT, INSERT, DELETE"),
-        ]
-    )
+    # Producers create chords; workers count parts, fire bodies and prune old chords. With no
+    # PGCELERY_*_ROLE set, the app role holds every set.
+    for rights, role in MigrationSettings().roles().items():
+        grant(CHORD_RIGHTS[rights], to=role)
 
 
 def downgrade() -> None:
