@@ -43,7 +43,7 @@ audit: pipcheck  ## pip check, and pip-audit of the locked dependencies (needs P
 	$(UV) export --frozen --all-extras --group dev --no-emit-project > .tools/requirements.txt
 	$(VENV)/bin/pip-audit --strict --disable-pip -r .tools/requirements.txt
 
-bench: install  ## pgcelery vs stock kombu sqla vs Redis, side by side
+bench: install  ## pgcelery vs stock kombu sqla vs Redis vs RabbitMQ, side by side (BENCH_ROUNDS=2: medians of 2)
 	$(VENV)/bin/python -m bench
 
 soak: install  ## 20,000 tasks through the Procfile worker, RSS sampled (not in `make test`)

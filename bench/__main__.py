@@ -1,7 +1,9 @@
-"""``make bench``: stock kombu sqla + db backend, pgcelery, and Redis, side by side.
+"""``make bench``: stock kombu sqla + db backend, pgcelery, Redis and RabbitMQ, side by side.
 
-Every configuration runs in fresh processes and a fresh database; the figures and their
-ratios are printed and written to bench/RESULTS.md with the machine description.
+Every configuration runs in fresh processes and a fresh database, with 1 and 2 solo workers and
+one prefork worker (-c 2); ``BENCH_ROUNDS`` rounds alternate the order of the columns, and the
+medians and their ratios are printed and written to bench/RESULTS.md with the machine
+description. ``BENCH_CONFIGS=pgcelery,redis`` measures only those columns.
 """
 
 from __future__ import annotations
@@ -165,11 +167,42 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
     return found
 
 
-def main() -> None:
+#: What each round measures, in this order on odd rounds and reversed on even ones.
+CONFIGS = ("stock", "pgcelery", "redis", "rabbitmq")
+#: 1 and 2 solo workers, and one prefork worker with two children (bench.measure.PREFORK).
+WORKER_SETUPS = (1, 2, 0)
+
+
+def _one(config: str, workers: int, admin: str, servers: dict[str, str | None]) -> Any:
     from pgcelery.schema import migrations
 
+    if config == "redis":
+        import redis
+
+        redis.Redis.from_url(str(servers["redis"])).flushdb()
+        return run(config, workers, {"BENCH_REDIS_URL": str(servers["redis"])})
+    if config == "rabbitmq":
+        return run(config, workers, {"BENCH_AMQP_URL": str(servers["rabbitmq"])})
+    url = environment.fresh_database(admin)
+    try:
+        if config == "pgcelery":
+            migrations.upgrade(url)
+        return run(config, workers, {"DATABASE_URL": url})
+    finally:
+        environment.drop_database(admin, url)
+
+
+def main() -> None:
+    rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
+    wanted = os.environ.get("BENCH_CONFIGS", ",".join(CONFIGS)).split(",")
     results: list[dict[str, Any]] = []
-    with environment.postgres_server() as admin, environment.redis_server() as redis_url:
+    with (
+        environment.postgres_server() as admin,
+        environment.redis_server() as redis_url,
+        environment.rabbitmq_server() as amqp_url,
+    ):
+        servers = {"redis": redis_url, "rabbitmq": amqp_url}
+        configs = [c for c in CONFIGS if c in wanted and servers.get(c, "db") is not None]
         header = {
             "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": environment.machine(),
@@ -177,25 +210,19 @@ def main() -> None:
             "versions": f"celery {version('celery')}, kombu {version('kombu')}, "
             f"psycopg {version('psycopg')}, SQLAlchemy {version('sqlalchemy')}",
             "redis": redis_url is not None,
+            "rabbitmq": amqp_url is not None,
+            "rounds": rounds,
         }
         print(f"pgcelery benchmark on {header['machine']}; {header['postgres']}", flush=True)
-        for config in ("stock", "pgcelery", "redis"):
-            for workers in (1, 2):
-                if config == "redis":
-                    if redis_url is None:
-                        continue
-                    import redis
-
-                    redis.Redis.from_url(redis_url).flushdb()
-                    results.append(run(config, workers, {"BENCH_REDIS_URL": redis_url}))
-                    continue
-                url = environment.fresh_database(admin)
-                try:
-                    if config == "pgcelery":
-                        migrations.upgrade(url)
-                    results.append(run(config, workers, {"DATABASE_URL": url}))
-                finally:
-                    environment.drop_database(admin, url)
+        for n in range(rounds):
+            print(f" round {n + 1} of {rounds}", flush=True)
+            # Alternate the order, so a slow phase of the host does not always hit one column.
+            order = configs if n % 2 == 0 else list(reversed(configs))
+            for workers in WORKER_SETUPS:
+                for config in order:
+                    found = _one(config, workers, admin, servers)
+                    found["round"] = n
+                    results.append(found)
         if os.environ.get("BENCH_SKIP_EVENTS") != "1":
             phases = run_event_phases(admin, redis_url)
             print("  events: pgcelery without and with worker events ...", flush=True)

@@ -24,6 +24,9 @@ def _build() -> Celery:
     elif config == "redis":
         url = os.environ["BENCH_REDIS_URL"]
         app = Celery("bench", broker=url, backend=url)
+    elif config == "rabbitmq":
+        # What a RabbitMQ user would pick: amqp:// for tasks, rpc:// for results.
+        app = Celery("bench", broker=os.environ["BENCH_AMQP_URL"], backend="rpc://")
     else:
         raise SystemExit(f"unknown BENCH_CONFIG {config!r}")
     app.conf.update(

@@ -102,6 +102,26 @@ def redis_server() -> Iterator[str | None]:
         proc.wait(10)
 
 
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@contextlib.contextmanager
+def rabbitmq_server() -> Iterator[str | None]:
+    """A RabbitMQ for the comparison column when one answers on 5672 (BENCH_AMQP_URL to
+    name another); None otherwise. (Starting a rabbitmq-server takes a node name, a cookie and
+    half a minute; the column is left out instead.)"""
+    from kombu import Connection
+
+    url = os.environ.get("BENCH_AMQP_URL") or LOCAL_AMQP
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception:  # any failure to connect: no RabbitMQ column
+        yield None
+        return
+    yield url
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

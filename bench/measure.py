@@ -25,6 +25,9 @@ E2E_TASKS = int(os.environ.get("BENCH_E2E_TASKS", "2000"))
 RTT_TASKS = int(os.environ.get("BENCH_RTT_TASKS", "300"))
 RSS_TASKS = int(os.environ.get("BENCH_RSS_TASKS", "10000"))
 SCALE_TASKS = int(os.environ.get("BENCH_SCALE_TASKS", "400"))
+#: BENCH_WORKERS value of one prefork worker with two child processes.
+PREFORK = 0
+SERVER_PROCESS = {"redis": "redis-server", "rabbitmq": "beam.smp"}
 CHORD_TASKS = int(os.environ.get("BENCH_CHORD_TASKS", "1000"))
 BULK_TASKS = int(os.environ.get("BENCH_BULK_TASKS", "10000"))
 
@@ -35,12 +38,16 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Workers:
+    """``count`` solo worker processes, or (``count`` of ``PREFORK``) one prefork worker with
+    two child processes."""
+
     def __init__(self, count: int) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        for n in range(count):
+        pool = ["-P", "prefork", "-c", "2"] if count == PREFORK else ["-P", "solo", "-c", "1"]
+        for n in range(1 if count == PREFORK else count):
             argv = [
-                sys.executable, "-m", "celery", "-A", "bench.apps", "worker", "-P", "solo",
-                "-c", "1", "-n", f"bench{n}@%h", "--without-heartbeat", "--without-mingle",
+                sys.executable, "-m", "celery", "-A", "bench.apps", "worker", *pool,
+                "-n", f"bench{n}@%h", "--without-heartbeat", "--without-mingle",
                 "--without-gossip", "-l", "ERROR",
             ]  # fmt: skip
             env = {**os.environ, "PGCELERY_METRICS_ENABLED": "false"}
@@ -48,6 +55,14 @@ class Workers:
 
     def rss_mb(self) -> list[float]:
         return [psutil.Process(p.pid).memory_info().rss / 2**20 for p in self.procs]
+
+    def all_processes(self) -> list[psutil.Process]:
+        """Every worker process, prefork children included."""
+        found = []
+        for proc in self.procs:
+            parent = psutil.Process(proc.pid)
+            found += [parent, *parent.children(recursive=True)]
+        return found
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -77,7 +92,7 @@ class CpuClock:
         self._server = server
         self._own: dict[str, list[psutil.Process]] = {
             "client": [psutil.Process()],
-            "workers": [psutil.Process(p.pid) for p in workers.procs],
+            "workers": workers.all_processes(),
         }
         receiver = os.environ.get("BENCH_RECEIVER_PID")
         if receiver:
@@ -123,6 +138,10 @@ def _pending(app: Any, config: str) -> int:
         import redis
 
         return int(redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]).llen("celery"))
+    if config == "rabbitmq":
+        with app.connection_for_read() as conn:
+            declared = conn.default_channel.queue_declare("celery", passive=True)
+        return int(declared.message_count)
     import psycopg
 
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
@@ -159,7 +178,7 @@ def main() -> None:
             noop.delay().get(timeout=60)  # warm up connections
         out["rss_start_mb"] = max(workers.rss_mb())
 
-        clock = CpuClock(workers, "redis-server" if config == "redis" else "postgres")
+        clock = CpuClock(workers, SERVER_PROCESS.get(config, "postgres"))
         started = time.perf_counter()
         results = [noop.delay() for _ in range(E2E_TASKS)]
         enqueued = time.perf_counter()
@@ -186,10 +205,11 @@ def main() -> None:
         _wait_all([sleep10.delay() for _ in range(SCALE_TASKS)])
         out["sleep10_per_s"] = SCALE_TASKS / (time.perf_counter() - started)
 
-        started = time.perf_counter()
-        joined = chord(noop.si() for _ in range(CHORD_TASKS))(count_results.s())
-        assert joined.get(timeout=900) == CHORD_TASKS
-        out["chord_per_s"] = CHORD_TASKS / (time.perf_counter() - started)
+        if config != "rabbitmq":  # the rpc:// backend has no chords
+            started = time.perf_counter()
+            joined = chord(noop.si() for _ in range(CHORD_TASKS))(count_results.s())
+            assert joined.get(timeout=900) == CHORD_TASKS
+            out["chord_per_s"] = CHORD_TASKS / (time.perf_counter() - started)
 
         started = time.perf_counter()
         group(noop.si().set(ignore_result=True) for _ in range(BULK_TASKS)).apply_async()
@@ -203,7 +223,7 @@ def main() -> None:
         noop.delay().get(timeout=600)
         out["rss_before_mb"] = before
         out["rss_after_mb"] = max(workers.rss_mb())
-    if config != "redis":
+    if config in ("stock", "pgcelery"):
         out["kombu_message_rows"], out["kombu_message_bytes"] = _table_size()
     print(json.dumps(out))
 

@@ -41,35 +41,62 @@ def _ratio(a: Any, b: Any, higher_better: bool) -> str:
     return f"{b / a:.2f}x lower" if a <= b else f"{a / b:.2f}x higher"
 
 
+def _medians(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(config, workers) → the median of every figure over the rounds."""
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for result in results:
+        runs.setdefault((result["config"], result["workers"]), []).append(result)
+    merged = {}
+    for key, found in runs.items():
+        figures: dict[str, Any] = {}
+        for name in found[0]:
+            values = [r[name] for r in found if isinstance(r.get(name), int | float)]
+            figures[name] = statistics.median(values) if values else found[0][name]
+        merged[key] = figures
+    return merged
+
+
+COLUMNS = (("stock", "stock sqla+db"), ("pgcelery", "pgcelery"), ("redis", "Redis"),
+           ("rabbitmq", "RabbitMQ (amqp+rpc)"))  # fmt: skip
+SETUPS = ((1, "1 solo worker"), (2, "2 solo workers"), (0, "1 prefork worker, -c 2"))
+
+
 def render(
     header: dict[str, Any],
     results: list[dict[str, Any]],
     phases: dict[str, Any] | None = None,
 ) -> str:
-    by = {(r["config"], r["workers"]): r for r in results}
+    by = _medians(results)
+    rounds = header.get("rounds", 1)
     lines = [
-        "# Benchmark: pgcelery vs stock kombu sqla vs Redis",
+        "# Benchmark: pgcelery vs stock kombu sqla vs Redis vs RabbitMQ",
         "",
         f"Measured {header['when']} on {header['machine']}; {header['postgres']}; "
-        f"{header['versions']}. Produced by `make bench` (bench/), one run, solo workers.",
+        f"{header['versions']}. Produced by `make bench` (bench/): "
+        + (f"medians of {rounds} rounds, the order of the columns alternating." if rounds > 1
+           else "one round."),
         "",
-    ]
-    for workers in (1, 2):
-        stock, pg, redis = (by.get((c, workers), {}) for c in ("stock", "pgcelery", "redis"))
+    ]  # fmt: skip
+    for workers, title in SETUPS:
+        found = {config: by.get((config, workers), {}) for config, _ in COLUMNS}
+        if not found["pgcelery"]:
+            continue
+        others = [(c, label) for c, label in COLUMNS if c != "pgcelery"]
         lines += [
-            f"## {workers} worker process{'es' if workers > 1 else ''}",
+            f"## {title}",
             "",
-            "| measure | stock sqla+db | pgcelery | Redis | pgcelery/stock | pgcelery/Redis |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
+            "| measure | " + " | ".join(label for _, label in COLUMNS) + " | "
+            + " | ".join(f"pgcelery/{label.split(' ')[0]}" for _, label in others) + " |",
+            "|---|" + "---:|" * (len(COLUMNS) + len(others)),
+        ]  # fmt: skip
         for key, label, higher in ROWS:
-            a, s, r = pg.get(key), stock.get(key), redis.get(key)
+            pg = found["pgcelery"].get(key)
             ratio_rows = key not in ("kombu_message_rows", "kombu_message_bytes")
-            lines.append(
-                f"| {label} | {_fmt(s)} | {_fmt(a)} | {_fmt(r)} | "
-                f"{_ratio(a, s, higher) if ratio_rows else '—'} | "
-                f"{_ratio(a, r, higher) if ratio_rows else '—'} |"
-            )
+            cells = [_fmt(found[c].get(key)) for c, _ in COLUMNS]
+            ratios = [
+                _ratio(pg, found[c].get(key), higher) if ratio_rows else "—" for c, _ in others
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
         lines.append("")
     one, two = by.get(("pgcelery", 1), {}), by.get(("pgcelery", 2), {})
     if one.get("sleep10_per_s") and two.get("sleep10_per_s"):
@@ -86,6 +113,8 @@ def render(
     lines += _events_section(results)
     if not header.get("redis"):
         lines.append("No Redis was reachable or installed: the Redis column is empty.")
+    if not header.get("rabbitmq"):
+        lines.append("No RabbitMQ answered on 5672: the RabbitMQ column is empty.")
     lines.append("")
     return "\n".join(lines)
 
