@@ -39,6 +39,8 @@ DONE_NOTICES = {
     "revoke": "Task revoked.",
     "purge": "Queue purged.",
     "replay": "Dead letter put back on its queue.",
+    "pause": "Queue paused: no worker claims from it until it is resumed.",
+    "resume": "Queue resumed.",
 }
 
 

@@ -178,13 +178,10 @@ def test_pause_and_resume_a_queue(client: TestClient, app: Celery, database_url:
         "/actions/pause/nightly", data={"token": _confirm(client, "pause", "nightly")}
     )
     assert done.status_code == 200
-    assert "queue nightly paused" in done.text
+    assert "Queue paused" in done.text
     assert scalar(database_url, "SELECT count(*) FROM pgcelery_queue_pause") == 1
     page = client.get("/queues")
     assert "/actions/resume/nightly" in page.text
     token = _confirm(client, "resume", "nightly")
-    assert (
-        "queue nightly resumed"
-        in client.post("/actions/resume/nightly", data={"token": token}).text
-    )
+    assert "Queue resumed." in client.post("/actions/resume/nightly", data={"token": token}).text
     assert scalar(database_url, "SELECT count(*) FROM pgcelery_queue_pause") == 0
