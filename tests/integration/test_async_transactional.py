@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -15,10 +13,11 @@ from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 from celery.result import AsyncResult
 
-from pgcelery import aclose, aget, db, send_in_transaction, tenant_context
+from pgcelery import aget, db, send_in_transaction, tenant_context
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from tests.support import postgres
+from tests.support.event_loop import run
 
 T = TypeVar("T")
 A = "6f1f3c39-8a4e-4a65-9a2b-0d7a0e6f3b11"
@@ -30,16 +29,6 @@ SEEN = (
 
 class Rollback(Exception):
     pass
-
-
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    async def wrapped() -> T:
-        try:
-            return await main()
-        finally:
-            await aclose()
-
-    return asyncio.run(wrapped())
 
 
 def queued(database_url: str) -> int:

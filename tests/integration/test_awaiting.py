@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -14,24 +14,15 @@ from celery import Celery, group
 from celery.contrib.testing.worker import TestWorkController
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from pgcelery import aclose, aget, asend, create_app, db
+from pgcelery import aget, asend, create_app, db
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.settings import Settings
 from tests.support import postgres
+from tests.support.event_loop import run
 from tests.support.waiting import wait_until
 from tests.support.workers import solo_worker, worker_process
 
 T = TypeVar("T")
-
-
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    async def wrapped() -> T:
-        try:
-            return await main()
-        finally:
-            await aclose()
-
-    return asyncio.run(wrapped())
 
 
 class Ticker:
