@@ -12,6 +12,7 @@ from pgcelery.app import create_app
 from pgcelery.broker.async_publish import asend
 from pgcelery.broker.bulk import send_many
 from pgcelery.broker.pauses import pause_queue, resume_queue
+from pgcelery.broker.tenant_weights import set_tenant_weight, tenant_weights
 from pgcelery.broker.transactional import enqueue_in, send_in_transaction
 from pgcelery.event_loops import aclose
 from pgcelery.exceptions import (
@@ -72,7 +73,9 @@ __all__ = [
     "resume_queue",
     "send_in_transaction",
     "send_many",
+    "set_tenant_weight",
     "tenant_context",
     "tenant_task",
+    "tenant_weights",
 ]
 __version__ = "0.1.0"

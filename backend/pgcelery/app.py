@@ -19,7 +19,7 @@ from pgcelery.broker.caller_transaction import caller_connection
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.scheduling.schedule import default_schedule
 from pgcelery.settings import Settings, settings_of
-from pgcelery.tasks import unique
+from pgcelery.tasks import limit_options, unique
 from pgcelery.variables import variable
 
 __all__ = [
@@ -90,6 +90,7 @@ def production_defaults(settings: Settings) -> dict[str, Any]:
             "async_commit": settings.worker_async_commit,
             "events_poll_interval": settings.events_poll_interval,
             "max_message_bytes": settings.max_message_bytes,
+            "fair_tenants": settings.fair_tenants,
         },
         # Remote control is on (pgcelery's transport broadcasts through pgcelery_broadcast);
         # task events stay opt-in (-E): they cost nothing until a receiver such as Flower binds.
@@ -140,8 +141,9 @@ class PgceleryApp(Celery):
             yield acquired
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        task = options.get("task_type")
-        request = unique.unique_request(name, task, args, kwargs, options)
+        task = options.get("task_type") or self.tasks.get(name)
+        limit_options.with_limit_header(task, name, args, kwargs, options)
+        request = unique.unique_request(name, options.get("task_type"), args, kwargs, options)
         if request is None:
             return super().send_task(name, args, kwargs, **options)
         result_cls = options.get("result_cls") or self.AsyncResult

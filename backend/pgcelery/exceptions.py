@@ -71,6 +71,11 @@ class DeliveryLimitExceeded(PgceleryError):
     it with `pgcelery dead-letters replay <id>` once fixed."""
 
 
+class InvalidLimitOption(ConfigurationError):
+    """A task's concurrency_limit, concurrency_key, global_rate_limit or rate_limit_key is
+    invalid: see docs/how-to/limits.md."""
+
+
 class InvalidUniqueOption(PgceleryError, ValueError):
     """Invalid unique task option: unique_key must be a non-empty string (or a callable of the
     task's arguments returning one, or None), unique_for a number of seconds >= 0, and

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest serialized task message accepted."
     )
+    fair_tenants: bool = Field(
+        default=True, description="Claim round-robin across tenants (false: oldest first)."
+    )
     visibility_timeout: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds a claimed message stays leased."
     )

@@ -35,6 +35,8 @@ TABLES = {
     "pgcelery_chord_part",
     "pgcelery_unique_hold",
     "pgcelery_queue_pause",
+    "pgcelery_tenant_weight",
+    "pgcelery_limit_state",
     VERSION_TABLE,
 }
 

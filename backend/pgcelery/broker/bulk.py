@@ -28,7 +28,8 @@ from celery.canvas import Signature
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
-Row = tuple[str, int, int, Any, str | None]
+#: payload, queue id, priority, due time, tenant id, then the limit columns.
+Row = tuple[str, int, int, Any, str | None, *tuple[Any, ...]]
 
 
 def as_json(rows: list[Row]) -> tuple[str]:
@@ -36,8 +37,8 @@ def as_json(rows: list[Row]) -> tuple[str]:
     return (
         json.dumps(
             [
-                [payload, queue, priority, None if due is None else due.isoformat(), tenant]
-                for payload, queue, priority, due, tenant in rows
+                [payload, queue, priority, None if due is None else due.isoformat(), *rest]
+                for payload, queue, priority, due, *rest in rows
             ]
         ),
     )

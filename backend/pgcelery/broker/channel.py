@@ -25,6 +25,7 @@ from pgcelery.broker.caller_transaction import (
     identity_of,
 )
 from pgcelery.broker.channel_options import ChannelOptions
+from pgcelery.broker.claim_sql import WAIT, ClaimSql, FairCursors
 from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
@@ -66,6 +67,8 @@ class Channel(ChannelOptions):
         self.broadcast = ChannelBroadcast(self)
         self.settling = Settling(self)
         self.sql = MessageSql(self.names)
+        self.claim_sql = ClaimSql(self.names)
+        self._fair = FairCursors()
         self.pauses = PauseCache(self.names)
 
     # -- connection --------------------------------------------------------------------------
@@ -91,7 +94,7 @@ class Channel(ChannelOptions):
         return psycopg.connect(self._conninfo, **kwargs)
 
     def _execute(
-        self, query: str, params: tuple[Any, ...] = (), role: str = "publish"
+        self, query: str, params: tuple[Any, ...] | dict[str, Any] = (), role: str = "publish"
     ) -> psycopg.Cursor[Any]:
         try:
             return self._conn(role).execute(query, params)
@@ -206,7 +209,14 @@ class Channel(ChannelOptions):
         if unique is not None:
             return publish_unique(self, unique, queue, message, priority)
         body = limits.checked(dumps(message), self.max_message_bytes)
-        values = (body, self._queue_id(queue), priority, due_at(message), limits.tenant_of(message))
+        values = (
+            body,
+            self._queue_id(queue),
+            priority,
+            due_at(message),
+            limits.tenant_of(message),
+            *limits.limit_columns(message),
+        )
         recorded = record()
         if recorded is not None:  # an async publish (pgcelery.broker.async_publish) runs it
             recorded.append(Insert(self._conninfo, self.sql.put, values, self.statement_timeout))
@@ -261,19 +271,21 @@ class Channel(ChannelOptions):
         """Claim up to ``limit`` messages; also returns the broadcast head the claim saw."""
         ids = [self._queue_id(q) for q in queues]
         acked_ids, acked_tokens = self._acks.take()
+        params: dict[str, Any] = {
+            "acked_ids": acked_ids,
+            "acked_tokens": acked_tokens,
+            "queues": ids,
+            "limit": limit,
+            "lease": self.visibility_timeout,
+            "claimant": claimant(),
+            "max_bytes": self.max_message_bytes,
+        }
+        if self.fair_tenants:
+            params.update(self._fair.params(ids))
         try:
             rows = self._execute(
-                self.sql.claim,
-                (
-                    acked_ids,
-                    acked_tokens,
-                    ids,
-                    limit,
-                    limit,
-                    self.visibility_timeout,
-                    claimant(),
-                    self.max_message_bytes,
-                ),
+                self.claim_sql.fair if self.fair_tenants else self.claim_sql.in_order,
+                params,
                 role="consume",
             ).fetchall()
         except Exception:
@@ -281,6 +293,12 @@ class Channel(ChannelOptions):
             raise
         for message_id in acked_ids:
             self._forget(message_id)
+        waits = [row[WAIT] for row in rows if row[0] is None]
+        rows = [row for row in rows if row[0] is not None]
+        if waits:  # a rate limit lets a message start then: claim again at that moment
+            self.connection._claim_within(min(waits))
+        if self.fair_tenants:
+            self._fair.advance(rows)
         head = int(rows[0][5]) if rows else 0
         claimed, refused = sort_claimed(rows, self._queue_names, self.max_deliveries)
         for message_id, token, _, _ in claimed:

@@ -28,6 +28,7 @@ class ChannelOptions(virtual.Channel):
         "max_deliveries",
         "statement_timeout",
         "max_message_bytes",
+        "fair_tenants",
     )
     visibility_timeout: float = 30.0
     polling_interval: float = 1.0
@@ -47,3 +48,5 @@ class ChannelOptions(virtual.Channel):
     statement_timeout: float = 30.0
     #: Largest serialized message published or delivered (pgcelery.broker.limits).
     max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
+    #: Claim round-robin across tenant groups (pgcelery.broker.claim_sql).
+    fair_tenants: bool = True

@@ -60,7 +60,7 @@ def sort_claimed(
     did not read it), or over the delivery limit."""
     claimed: list[Claimed] = []
     refused: list[Refused] = []
-    for message_id, queue_id, token, deliveries, raw, _, previous, priority in rows:
+    for message_id, queue_id, token, deliveries, raw, _, previous, priority, *_ in rows:
         queue = queue_names.get(queue_id, "")
         payload, reason = (None, OVERSIZED) if raw is None else decode_payload(raw)
         if payload is None or 0 < max_deliveries < deliveries:

@@ -13,6 +13,11 @@ from pgcelery.schema.tables import Names
 
 #: A message that is waiting: not deleted by stock kombu, and not leased (or its lease ran out).
 _READY = "visible AND visible_at <= now()"
+#: The columns an INSERT of a message fills.
+_COLUMNS = (
+    "id, visible, timestamp, payload, version, queue_id, priority, visible_at, tenant_id,"
+    " concurrency_key, concurrency_limit, rate_key, rate_interval, limit_task"
+)
 
 
 @dataclass(frozen=True)
@@ -20,45 +25,9 @@ class MessageSql:
     names: Names
 
     @cached_property
-    def claim(self) -> str:
-        """Params: acked ids, acked tokens, queue ids, per-queue limit, limit, lease seconds,
-        claimant, largest payload delivered (bytes).
-
-        Each row also carries the broadcast log's head as this statement saw it: every
-        broadcast committed before a claimed message (a revoke sent just before the task) has
-        an id at or below it, so the worker can read those broadcasts before it runs the task.
-        And who claimed it before (for a dead letter's ``last_worker``), and its priority.
-        """
-        m = self.names.message
-        return (
-            # Pending acks ride along: the DELETE touches only rows this channel holds leased,
-            # which the claim below cannot select (their visible_at is in the future).
-            f"WITH acked AS (DELETE FROM {m} m"
-            " USING unnest(%s::bigint[], %s::uuid[]) AS a(id, token)"
-            " WHERE m.id = a.id AND m.lease_token = a.token),"
-            # One ordered index scan per queue, never a bitmap scan: an index scan marks the
-            # entries of deleted messages dead as it passes them, so the next claim skips them
-            # instead of re-reading every row deleted since the last vacuum.
-            " c AS (SELECT q.id, q.claimed_by AS previous FROM unnest(%s::int[]) AS qs(queue_id)"
-            " CROSS JOIN LATERAL"
-            f" (SELECT id, priority, claimed_by FROM {m}"
-            f" WHERE queue_id = qs.queue_id AND {_READY}"
-            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) q"
-            " ORDER BY q.priority DESC, q.id LIMIT %s),"
-            # Same statement, same snapshot as the claim (broadcast ids commit in id order).
-            f" h AS (SELECT coalesce(max(id), 0) AS head FROM {self.names.broadcast})"
-            f" UPDATE {m} m SET visible_at = now() + make_interval(secs => %s),"
-            " lease_token = gen_random_uuid(), deliveries = m.deliveries + 1, claimed_by = %s"
-            " FROM c CROSS JOIN h WHERE m.id = c.id"
-            # A payload over the size limit is never sent to the worker (it is buried unread).
-            " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries,"
-            " CASE WHEN octet_length(m.payload) <= %s THEN m.payload END, h.head,"
-            " c.previous, m.priority"
-        )
-
-    @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority, due time (None: now), tenant id (None: global).
+        """Params: payload, queue id, priority, due time (None: now), tenant id (None: global),
+        then the limit columns (:class:`~pgcelery.broker.limits.LimitColumns`).
 
         A message due later (Celery's ``eta``/``countdown``) waits here, invisible and leased
         by no one, until it is due: no worker holds it, so none can hoard it or take it down
@@ -66,26 +35,26 @@ class MessageSql:
         """
         return (
             f"INSERT INTO {self.names.message}"
-            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
-            " tenant_id)"
+            f" ({_COLUMNS})"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
-            " greatest(now(), coalesce(%s::timestamptz, now())), %s)"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s, %s, %s, %s)"
         )
 
     @cached_property
     def put_many(self) -> str:
-        """Param: a JSON array of ``[payload, queue id, priority, due time, tenant id]``:
+        """Param: a JSON array of ``[payload, queue id, priority, due time, tenant id, limit
+        columns...]``:
         :attr:`put` for many messages in one statement, ids in array order. (One JSON text,
         because psycopg builds array parameters element by element in Python: 0.16 ms a
         message.)"""
         return (
             f"INSERT INTO {self.names.message}"
-            " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
-            " tenant_id)"
+            f" ({_COLUMNS})"
             f" SELECT nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', m->>0, 1, (m->>1)::int, (m->>2)::smallint,"
-            " greatest(now(), coalesce((m->>3)::timestamptz, now())), m->>4"
+            " greatest(now(), coalesce((m->>3)::timestamptz, now())), m->>4, m->>5,"
+            " (m->>6)::int, m->>7, (m->>8)::float8, m->>9"
             " FROM json_array_elements(%s::json) AS r(m)"
         )
 

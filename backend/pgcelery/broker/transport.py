@@ -137,11 +137,17 @@ class Transport(virtual.Transport):
         for channel in list(self.channels):
             channel.broadcast.catch_up(head)
 
+    def _claim_within(self, seconds: float) -> None:
+        """Claim again in ``seconds`` at the latest (a rate-limited message may start then)."""
+        self._next_claim_poll = min(self._next_claim_poll, monotonic() + max(seconds, 0.0))
+
     def _poll_wait(self) -> float:
         """Seconds to wait for a NOTIFY before looking again: the polling interval, or less
-        when a channel reads the broadcast log on a timer (an event receiver)."""
+        when a channel reads the broadcast log on a timer (an event receiver) or a claim is
+        due sooner (a rate limit's next start)."""
         found = [c.broadcast.poll_interval() for c in list(self.channels)]
-        return min([float(self.polling_interval), *(float(i) for i in found if i is not None)])
+        due = max(self._next_claim_poll - monotonic(), 0.0)
+        return min([float(self.polling_interval), due, *(float(i) for i in found if i is not None)])
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         end = None if timeout is None else monotonic() + timeout

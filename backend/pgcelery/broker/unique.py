@@ -86,14 +86,16 @@ class UniqueSql:
 
     @cached_property
     def put(self) -> str:
-        """Params: payload, queue id, priority, due time, tenant id, task, key."""
+        """Params: payload, queue id, priority, due time, tenant id, task, key, then the limit
+        columns (:class:`~pgcelery.broker.limits.LimitColumns`)."""
         return (
             f"INSERT INTO {self.names.message}"
             " (id, visible, timestamp, payload, version, queue_id, priority, visible_at,"
-            " tenant_id, unique_task, unique_key)"
+            " tenant_id, unique_task, unique_key, concurrency_key, concurrency_limit, rate_key,"
+            " rate_interval, limit_task)"
             f" VALUES (nextval('{self.names.sequence('message_id_sequence')}'),"
             " true, now() AT TIME ZONE 'UTC', %s, 1, %s, %s,"
-            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s)"
+            " greatest(now(), coalesce(%s::timestamptz, now())), %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (unique_task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
             " RETURNING id"
         )
@@ -203,7 +205,9 @@ def _attempt(
         message.setdefault("headers", {})[HOLD_HEADER] = [*key, request.unique_for]
     with conn.transaction():
         body = limits.checked(dumps(message), max_bytes)
-        inserted = conn.execute(sql.put, (body, queue_id, priority, due, tenant, *key)).fetchone()
+        inserted = conn.execute(
+            sql.put, (body, queue_id, priority, due, tenant, *key, *limits.limit_columns(message))
+        ).fetchone()
         held = conn.execute(sql.held, key).fetchone()
         if inserted is not None:
             if held is None:

@@ -21,6 +21,8 @@ started together does not prune together). A pass deletes, in short transactions
 ``dead_letters``   ``pgcelery_dead_letter`` rows buried over ``PGCELERY_DEAD_LETTER_RETENTION``
                    seconds ago
 ``unique_holds``   ``pgcelery_unique_hold`` rows whose ``unique_for`` period ran out
+``limits``         ``pgcelery_limit_state`` rows of limit keys idle for an hour, with no slot
+                   taken (:mod:`pgcelery.broker.limit_state`)
 =================  ==========================================================================
 
 Each transaction first takes ``pg_try_advisory_xact_lock`` on :func:`prune_lock_key`: while
@@ -49,6 +51,7 @@ from pgcelery.broker.bindings import BindingRegistry
 from pgcelery.broker.broadcast import prune_broadcasts
 from pgcelery.broker.channel import Channel
 from pgcelery.broker.dead_letters import purge as purge_dead_letters
+from pgcelery.broker.limit_state import prune_limit_state
 from pgcelery.broker.queue_rows import ephemeral_patterns, prune_unused
 from pgcelery.broker.unique import prune_holds
 from pgcelery.observability.heartbeat import DEAD_AFTER_BEATS, prune_dead
@@ -170,6 +173,7 @@ class PruneConfig:
                 False,
             ),
             ("unique_holds", lambda c: prune_holds(c, names, PRUNE_BATCH), True),
+            ("limits", lambda c: prune_limit_state(c, names, PRUNE_BATCH), True),
         ]
 
 

@@ -26,10 +26,12 @@ from pgcelery.schema.tables import (
     CHORD_TABLE,
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
+    LIMIT_STATE_TABLE,
     MESSAGE_TABLE,
     PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    TENANT_WEIGHT_TABLE,
     UNIQUE_HOLD_TABLE,
     WORKER_TABLE,
 )
@@ -61,6 +63,8 @@ REQUIRED_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     CHORD_PART_TABLE: ("SELECT", "INSERT", "DELETE"),
     UNIQUE_HOLD_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     PAUSE_TABLE: ("SELECT", "INSERT", "DELETE"),
+    LIMIT_STATE_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    TENANT_WEIGHT_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),
 }
 REQUIRED_SEQUENCES = (
     "queue_id_sequence",
@@ -196,8 +200,9 @@ def _required(role: str, settings: Settings) -> tuple[dict[str, tuple[str, ...]]
     ):
         return role_rights.PRODUCER_REQUIRED, role_rights.PRODUCER_SEQUENCES
     if role == settings.worker_role and role != (settings.ops_role or settings.app_role):
-        # Workers read which queues are paused; only operators pause them.
-        return {**REQUIRED_TABLE_PRIVILEGES, PAUSE_TABLE: ("SELECT",)}, REQUIRED_SEQUENCES
+        # Workers read which queues are paused and the tenants' weights; operators set them.
+        worker = {PAUSE_TABLE: ("SELECT",), TENANT_WEIGHT_TABLE: ("SELECT",)}
+        return {**REQUIRED_TABLE_PRIVILEGES, **worker}, REQUIRED_SEQUENCES
     return REQUIRED_TABLE_PRIVILEGES, REQUIRED_SEQUENCES
 
 

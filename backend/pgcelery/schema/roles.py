@@ -31,10 +31,12 @@ from pgcelery.schema.tables import (
     CHORD_TABLE,
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
+    LIMIT_STATE_TABLE,
     MESSAGE_TABLE,
     PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    TENANT_WEIGHT_TABLE,
     UNIQUE_HOLD_TABLE,
     WORKER_TABLE,
 )
@@ -97,6 +99,14 @@ RIGHTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "producer": (PRODUCER_TABLES, PRODUCER_SEQUENCES),
     "worker": (WORKER_TABLES, WORKER_SEQUENCES),
     "ops": (OPS_TABLES, WORKER_SEQUENCES),
+}
+
+#: What revision ``0012_fair_limits`` grants: workers keep the limits' state and read weights;
+#: operators (and the app role) set weights.
+LIMIT_RIGHTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "producer": (),
+    "worker": ((LIMIT_STATE_TABLE, DML), (TENANT_WEIGHT_TABLE, "SELECT")),
+    "ops": ((LIMIT_STATE_TABLE, DML), (TENANT_WEIGHT_TABLE, DML)),
 }
 
 #: What revision ``0011_chords`` grants each set of rights: a producer creates a chord (and

@@ -32,6 +32,13 @@ UNIQUE_HOLD_TABLE = "pgcelery_unique_hold"
 PAUSE_TABLE = "pgcelery_queue_pause"
 CHORD_TABLE = "pgcelery_chord"
 CHORD_PART_TABLE = "pgcelery_chord_part"
+TENANT_WEIGHT_TABLE = "pgcelery_tenant_weight"
+LIMIT_STATE_TABLE = "pgcelery_limit_state"
+#: A message's group for the fair claim: its tenant, or ``''`` for a global task.
+TENANT_GROUP = "coalesce(m.tenant_id, '')"
+#: A message under no concurrency or rate limit (the fair claim's), and one under a limit.
+UNLIMITED = "m.concurrency_key IS NULL AND m.rate_key IS NULL"
+LIMITED = "(m.concurrency_key IS NOT NULL OR m.rate_key IS NOT NULL)"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
@@ -254,6 +261,7 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     sa.Index("ix_pgcelery_chord_created_at", chord.c.created_at)
+    _add_fair_limits(md, message, target)
     sa.Table(
         CHORD_PART_TABLE,
         md,
@@ -267,6 +275,67 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
         schema=target,
     )
     return md
+
+
+def _add_fair_limits(md: sa.MetaData, message: sa.Table, target: str | None) -> None:
+    """Added by revision 0012: fair share across tenants, concurrency and rate limits."""
+    for name, type_ in (
+        ("concurrency_key", sa.Text),
+        ("concurrency_limit", sa.Integer),
+        ("rate_key", sa.Text),
+        ("rate_interval", sa.Float),
+        ("limit_task", sa.Text),
+    ):
+        message.append_column(sa.Column(name, type_))
+    sa.Index(
+        "ix_kombu_message_fair",
+        message.c.queue_id,
+        message.c.priority.desc(),
+        sa.text(TENANT_GROUP.replace("m.", "")),
+        message.c.id,
+        postgresql_where=sa.text(UNLIMITED.replace("m.", "")),
+    )
+    sa.Index(
+        "ix_kombu_message_limited",
+        message.c.queue_id,
+        message.c.priority.desc(),
+        message.c.id,
+        postgresql_where=sa.text(LIMITED.replace("m.", "")),
+    )
+    sa.Table(
+        TENANT_WEIGHT_TABLE,
+        md,
+        sa.Column("tenant_id", sa.Text, primary_key=True),
+        sa.Column("weight", sa.Integer, nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.CheckConstraint("weight BETWEEN 1 AND 1000", name="ck_pgcelery_tenant_weight_range"),
+        schema=target,
+    )
+    state = sa.Table(
+        LIMIT_STATE_TABLE,
+        md,
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column(
+            "holders",
+            postgresql.ARRAY(sa.BigInteger),
+            nullable=False,
+            server_default=sa.text("'{}'::bigint[]"),
+        ),
+        sa.Column("next_at", sa.DateTime(timezone=True)),
+        sa.Column(
+            "touched_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        schema=target,
+    )
+    sa.Index("ix_pgcelery_limit_state_touched_at", state.c.touched_at)
 
 
 @dataclass(frozen=True)
@@ -329,6 +398,17 @@ class Names:
     @cached_property
     def pause(self) -> str:
         return self._q(PAUSE_TABLE)
+
+    @cached_property
+    def tenant_weight(self) -> str:
+        return self._q(TENANT_WEIGHT_TABLE)
+
+    @cached_property
+    def limit_state(self) -> str:
+        return self._q(LIMIT_STATE_TABLE)
+
+    def function(self, name: str) -> str:
+        return self._q(name)
 
     def sequence(self, name: str) -> str:
         return self._q(name)

@@ -28,10 +28,12 @@ from pgcelery.schema.tables import (
     CHORD_TABLE,
     DEAD_LETTER_TABLE,
     GROUP_TABLE,
+    LIMIT_STATE_TABLE,
     MESSAGE_TABLE,
     PAUSE_TABLE,
     QUEUE_TABLE,
     TASK_TABLE,
+    TENANT_WEIGHT_TABLE,
     UNIQUE_HOLD_TABLE,
     VERSION_TABLE,
     WORKER_TABLE,
@@ -58,6 +60,8 @@ PGCELERY_TABLES = frozenset(
         CHORD_PART_TABLE,
         UNIQUE_HOLD_TABLE,
         PAUSE_TABLE,
+        TENANT_WEIGHT_TABLE,
+        LIMIT_STATE_TABLE,
         VERSION_TABLE,
     }
 )
