@@ -42,11 +42,13 @@ ROW = (
     "priority",
     "grp",
     "seq",
+    "turn",
     "wait",
 )
 WAIT = ROW.index("wait")
 GROUP = ROW.index("grp")
 SEQ = ROW.index("seq")
+TURN = ROW.index("turn")
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class ClaimSql:
             f" lim AS (SELECT l.id, l.wait FROM {limited}"
             "(%(queues)s::int[], %(acked_ids)s::bigint[], %(limit)s) l),"
             f" u AS ({unlimited}),"
-            f" c AS (SELECT l.id, p.claimed_by AS previous, NULL::text AS grp, NULL::bigint AS seq"
-            f" FROM lim l JOIN {m} p ON p.id = l.id"
-            " UNION ALL (SELECT u.id, u.previous, u.grp, u.seq FROM u"
+            " c AS (SELECT l.id, p.claimed_by AS previous, NULL::text AS grp, NULL::bigint AS seq,"
+            f" NULL::integer AS turn FROM lim l JOIN {m} p ON p.id = l.id"
+            " UNION ALL (SELECT u.id, u.previous, u.grp, u.seq, u.turn FROM u"
             " ORDER BY u.priority DESC, u.seq, u.id"
             " LIMIT greatest(%(limit)s - (SELECT count(l.id) FROM lim l), 0))),"
             # Same statement, same snapshot as the claim (broadcast ids commit in id order).
@@ -81,9 +83,10 @@ class ClaimSql:
             # A payload over the size limit is never sent to the worker (it is buried unread).
             " RETURNING m.id, m.queue_id, m.lease_token, m.deliveries,"
             " CASE WHEN octet_length(m.payload) <= %(max_bytes)s THEN m.payload END, h.head,"
-            " c.previous, m.priority, c.grp, c.seq)"
+            " c.previous, m.priority, c.grp, c.seq, c.turn)"
             " SELECT leased.*, NULL::double precision AS wait FROM leased"
-            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, l.wait"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+            " l.wait"
             " FROM lim l WHERE l.id IS NULL"
         )
 
@@ -96,7 +99,8 @@ class ClaimSql:
         # instead of re-reading every row deleted since the last vacuum.
         return self._statement(
             "SELECT q.id, q.claimed_by AS previous, q.priority, NULL::text AS grp,"
-            " NULL::bigint AS seq FROM unnest(%(queues)s::int[]) AS qs(queue_id)"
+            " NULL::bigint AS seq, NULL::integer AS turn"
+            " FROM unnest(%(queues)s::int[]) AS qs(queue_id)"
             " CROSS JOIN LATERAL"
             f" (SELECT m.id, m.priority, m.claimed_by FROM {m} m"
             f" WHERE m.queue_id = qs.queue_id AND {_READY} AND {UNLIMITED}"
@@ -110,11 +114,11 @@ class ClaimSql:
         m = self.names.message
         fair = self.names.function("pgcelery_claim_fair")
         return self._statement(
-            "SELECT f.id, p.claimed_by AS previous, p.priority, f.grp, f.seq"
+            "SELECT f.id, p.claimed_by AS previous, p.priority, f.grp, f.seq, f.turn"
             " FROM unnest(%(queues)s::int[], %(afters)s::text[], %(useds)s::int[])"
             " AS qs(queue_id, after, used)"
             f" CROSS JOIN LATERAL {fair}(qs.queue_id, %(limit)s, qs.after, qs.used)"
-            " WITH ORDINALITY AS f(id, grp, seq)"
+            " WITH ORDINALITY AS f(id, grp, turn, seq)"
             f" JOIN {m} p ON p.id = f.id"
         )
 
@@ -132,17 +136,11 @@ class FairCursors:
         return {"afters": [c[0] for c in cursors], "useds": [c[1] for c in cursors]}
 
     def advance(self, rows: list[tuple[Any, ...]]) -> None:
-        """Move each queue's cursor past the groups of the messages ``rows`` claimed."""
-        by_queue: dict[int, list[tuple[int, str]]] = {}
+        """Move each queue's cursor to the group of the last message ``rows`` claimed from it,
+        and how far into that group's turn it was."""
+        last: dict[int, tuple[Any, ...]] = {}
         for row in rows:
-            if row[GROUP] is not None:
-                by_queue.setdefault(row[1], []).append((row[SEQ], row[GROUP]))
-        for queue_id, served in by_queue.items():
-            served.sort()
-            last = served[-1][1]
-            run = 0
-            for _, group in reversed(served):
-                if group != last:
-                    break
-                run += 1
-            self.after[queue_id] = (last, run)
+            if row[GROUP] is not None and (row[1] not in last or row[SEQ] > last[row[1]][SEQ]):
+                last[row[1]] = row
+        for queue_id, row in last.items():
+            self.after[queue_id] = (row[GROUP], row[TURN])

@@ -14,7 +14,8 @@
   (``holders``) and when a rate key may start its next task (``next_at``). The row is locked
   while a claim decides, so two workers never both take the last slot; what holds a slot is
   read from the leases themselves, so a killed worker's slots free as its leases run out.
-- ``pgcelery_claim_fair`` and ``pgcelery_claim_limited``: the two halves of the claim
+- ``pgcelery_claim_fair`` (rows: message id, its group, how many of the group's turn it makes)
+  and ``pgcelery_claim_limited``: the two halves of the claim
   (:mod:`pgcelery.broker.fair_claim`, :mod:`pgcelery.broker.limited_claim` explain them).
 - A trigger NOTIFYs when a message under a concurrency key is deleted (its task finished), so
   a worker waiting for a free slot claims at once instead of at its next poll.
@@ -70,7 +71,7 @@ def _fair_function(q: str) -> str:
     # batch: a queue with one group fills the batch in its second visit, not one row a visit).
     return f"""
 CREATE FUNCTION {q}.pgcelery_claim_fair(p_queue integer, p_n integer, p_after text, p_used integer)
-RETURNS TABLE(id bigint, grp text) LANGUAGE plpgsql AS $fn$
+RETURNS TABLE(id bigint, grp text, turn integer) LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
   top smallint;
@@ -96,7 +97,8 @@ BEGIN
       FOR mid IN SELECT s.id FROM (SELECT m.id FROM {m} m
           WHERE m.queue_id = p_queue AND m.priority = top AND {TENANT_GROUP} = g AND {ready}
           ORDER BY m.id LIMIT least(w, p_n) FOR UPDATE SKIP LOCKED) s LOOP
-        id := mid; grp := g; mine := mine || id; taken := taken + 1;
+        id := mid; grp := g; turn := p_used + taken + 1; mine := mine || id;
+        taken := taken + 1;
         RETURN NEXT;
       END LOOP;
     END IF;
@@ -135,7 +137,8 @@ BEGIN
         WHERE m.queue_id = p_queue AND m.priority = top AND {TENANT_GROUP} = g AND {ready}
           AND m.id <> ALL(mine)
         ORDER BY m.id LIMIT least(w * mult, p_n - taken) FOR UPDATE SKIP LOCKED) s LOOP
-      id := mid; grp := g; mine := mine || id; got := got + 1;
+      got := got + 1;
+      id := mid; grp := g; turn := got; mine := mine || id;
       RETURN NEXT;
     END LOOP;
     taken := taken + got;
