@@ -28,6 +28,7 @@ from pgcelery.dashboard import charts
 from pgcelery.dashboard.actions import ACTIONS, ActionRefused, Actions
 from pgcelery.dashboard.queries import Queries
 from pgcelery.dashboard.security import Guard, SingleUseTokens, allowed_hosts
+from pgcelery.observability import backlog
 from pgcelery.settings import Settings
 
 HERE = Path(__file__).parent
@@ -132,7 +133,15 @@ class Dashboard:
     def queues(self, request: Request) -> Response:
         rows = self.queries.queues()
         chart = charts.throughput_svg(self.queries.throughput())
-        return self.render(request, "queues.html", queues=rows, chart=chart)
+        return self.render(
+            request,
+            "queues.html",
+            queues=rows,
+            chart=chart,
+            tenants=self.queries.tenant_backlog(),
+            waits=self.queries.limit_waits(),
+            top_tenants=backlog.TOP_TENANTS,
+        )
 
     def workers(self, request: Request) -> Response:
         stale_after = 3 * self.settings.worker_heartbeat_interval

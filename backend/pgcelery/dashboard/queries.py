@@ -16,6 +16,7 @@ from typing import Any
 
 from pgcelery import connections, dsn
 from pgcelery.broker import dead_letters
+from pgcelery.observability import backlog
 from pgcelery.observability.redaction import scrub
 from pgcelery.schema.tables import TENANT_OF_KWARGS, Names
 from pgcelery.settings import Settings
@@ -153,6 +154,14 @@ class Queries:
             )
             for name, ready, delayed, in_flight, age, paused in rows
         ]
+
+    def tenant_backlog(self) -> dict[str, list[backlog.TenantBacklog]]:
+        """Per queue name, its biggest tenant backlogs (global tasks as one group)."""
+        return backlog.by_queue(backlog.tenant_backlog(self.fetch, self.names))
+
+    def limit_waits(self) -> dict[str, list[backlog.LimitWait]]:
+        """Per queue name, the limited tasks whose ready messages no worker may start now."""
+        return backlog.by_queue(backlog.limit_waits(self.fetch, self.names))
 
     def throughput(self) -> list[tuple[int, str, int]]:
         """(minutes ago 0 to 59, state, count) of results finished in the last hour."""

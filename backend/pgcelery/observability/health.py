@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from pgcelery.observability import backlog
 from pgcelery.observability.metrics import QueueStats
 from pgcelery.observability.redaction import scrub
 from pgcelery.schema import migrations
@@ -40,6 +41,8 @@ Status = Literal["ok", "fail", "skipped"]
 #: no I/O: it reads state this process keeps.
 ExtraCheck = Callable[[Settings], tuple[bool, str]]
 _EXTRA_CHECKS: dict[str, ExtraCheck] = {}
+#: What :meth:`DatabaseProbe.backlog_stats` reads: tenant backlogs, tasks waiting on a limit.
+Backlog = tuple[list[backlog.TenantBacklog], list[backlog.LimitWait]]
 
 
 def add_check(name: str, check: ExtraCheck) -> None:
@@ -237,6 +240,20 @@ class DatabaseProbe:
 
         with self._lock:
             result: list[QueueStats] = self._transaction(run)
+        return result
+
+    def backlog_stats(self) -> Backlog:
+        """The biggest tenant backlogs and the tasks held back by a limit, in one transaction."""
+
+        def run(connection: sa.Connection) -> Backlog:
+            def fetch(query: str, params: Any) -> list[sa.Row[Any]]:
+                # %(name)s parameters, passed to psycopg as they are (see observability.backlog).
+                return list(connection.exec_driver_sql(query, params).all())
+
+            return backlog.tenant_backlog(fetch, self.names), backlog.limit_waits(fetch, self.names)
+
+        with self._lock:
+            result: Backlog = self._transaction(run)
         return result
 
     def close(self) -> None:

@@ -13,7 +13,8 @@ Two kinds of metric live here:
   worker's own state and the broker tables.
 
 Every label value is bounded: task names, queue names, worker hostnames, exception class names
-and the three health checks. Never task ids or tenant ids.
+and the three health checks. Never task ids; tenant ids only in ``pgcelery_tenant_pending``,
+for the :data:`~pgcelery.observability.backlog.TOP_TENANTS` biggest backlogs of a scrape.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from pgcelery.observability.backlog import TOP_TENANTS, LimitWait, TenantBacklog, biggest
 
 TASK_LABELS = ("name", "hostname", "queue_name")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -196,6 +199,28 @@ def queue_families(queues: Iterable[QueueStats]) -> list[Metric]:
         in_flight.add_metric([queue.name], queue.in_flight)
         paused.add_metric([queue.name], 1 if queue.paused else 0)
     return [length, oldest, in_flight, paused]
+
+
+def backlog_families(tenants: Sequence[TenantBacklog], waits: Iterable[LimitWait]) -> list[Metric]:
+    # Rebuilt every scrape: a tenant that drops out of the top (or a task no longer held back)
+    # simply has no series in the next one.
+    pending = GaugeMetricFamily(
+        "pgcelery_tenant_pending",
+        f"Ready messages of a tenant in a queue, for the {TOP_TENANTS} biggest backlogs"
+        " (tenant=global: tasks of no tenant).",
+        labels=["queue", "tenant"],
+    )
+    for backlog in biggest(tenants, TOP_TENANTS):
+        pending.add_metric([backlog.queue, backlog.tenant], backlog.pending)
+    waiting = GaugeMetricFamily(
+        "pgcelery_tasks_waiting_on_limit",
+        "Ready messages of a limited task that no worker may start now: their concurrency key"
+        " is at its limit or their rate key's next start is still to come.",
+        labels=["queue", "task"],
+    )
+    for wait in waits:
+        waiting.add_metric([wait.queue, wait.task], wait.waiting)
+    return [pending, waiting]
 
 
 def health_families(checks: dict[str, bool], duration: float) -> list[Metric]:

@@ -57,6 +57,10 @@ class ScrapeCollector:
         except SQLAlchemyError:
             # /health says why; the queue gauges are simply absent from this scrape.
             log.debug("pgcelery.metrics.queue_stats_failed", exc_info=True)
+        try:
+            yield from metrics.backlog_families(*self.probe.backlog_stats())
+        except SQLAlchemyError:
+            log.debug("pgcelery.metrics.backlog_failed", exc_info=True)
         last = self.probe.last
         if last is None or time.time() - last.checked_at > HEALTH_MAX_AGE:
             last = self.probe.check()
