@@ -168,7 +168,7 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
 
 
 #: What each round measures, in this order on odd rounds and reversed on even ones.
-CONFIGS = ("stock", "pgcelery", "redis", "rabbitmq")
+CONFIGS = ("stock", "pgcelery", "fair-off", "redis", "rabbitmq")
 #: 1 and 2 solo workers, and one prefork worker with two children (bench.measure.PREFORK).
 WORKER_SETUPS = (1, 2, 0)
 
@@ -185,9 +185,12 @@ def _one(config: str, workers: int, admin: str, servers: dict[str, str | None]) 
         return run(config, workers, {"BENCH_AMQP_URL": str(servers["rabbitmq"])})
     url = environment.fresh_database(admin)
     try:
-        if config == "pgcelery":
-            migrations.upgrade(url)
-        return run(config, workers, {"DATABASE_URL": url})
+        if config == "stock":
+            return run(config, workers, {"DATABASE_URL": url})
+        migrations.upgrade(url)
+        # The claim without the tenant rotation: what fair share costs (issue 18's budget).
+        fair = "false" if config == "fair-off" else "true"
+        return run(config, workers, {"DATABASE_URL": url, "PGCELERY_FAIR_TENANTS": fair})
     finally:
         environment.drop_database(admin, url)
 

@@ -1,4 +1,5 @@
-"""The Celery apps the benchmark compares, chosen by BENCH_CONFIG (stock, pgcelery, redis).
+"""The Celery apps the benchmark compares, chosen by BENCH_CONFIG (stock, pgcelery, fair-off:
+pgcelery with ``PGCELERY_FAIR_TENANTS=false``, redis, rabbitmq).
 
 Each configuration runs in its own processes: pgcelery repoints kombu's ``sqla`` transport
 process-wide, so the stock configuration must never import pgcelery.
@@ -14,7 +15,7 @@ from celery import Celery
 
 def _build() -> Celery:
     config = os.environ["BENCH_CONFIG"]
-    if config == "pgcelery":
+    if config in ("pgcelery", "fair-off"):
         from pgcelery import create_app
 
         app = create_app("bench")

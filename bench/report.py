@@ -56,7 +56,8 @@ def _medians(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, A
     return merged
 
 
-COLUMNS = (("stock", "stock sqla+db"), ("pgcelery", "pgcelery"), ("redis", "Redis"),
+COLUMNS = (("stock", "stock sqla+db"), ("pgcelery", "pgcelery"),
+           ("fair-off", "fair-off (pgcelery, PGCELERY_FAIR_TENANTS=false)"), ("redis", "Redis"),
            ("rabbitmq", "RabbitMQ (amqp+rpc)"))  # fmt: skip
 SETUPS = ((1, "1 solo worker"), (2, "2 solo workers"), (0, "1 prefork worker, -c 2"))
 
