@@ -73,7 +73,7 @@ class DeliveryLimitExceeded(PgceleryError):
 
 class InvalidLimitOption(ConfigurationError):
     """A task's concurrency_limit, concurrency_key, global_rate_limit or rate_limit_key is
-    invalid: see docs/how-to/limits.md."""
+    invalid: see docs/howto/limits.md."""
 
 
 class InvalidUniqueOption(PgceleryError, ValueError):
