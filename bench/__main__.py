@@ -3,7 +3,8 @@
 Every configuration runs in fresh processes and a fresh database, with 1 and 2 solo workers and
 one prefork worker (-c 2); ``BENCH_ROUNDS`` rounds alternate the order of the columns, and the
 medians and their ratios are printed and written to bench/RESULTS.md with the machine
-description. ``BENCH_CONFIGS=pgcelery,redis`` measures only those columns.
+description. ``BENCH_CONFIGS=pgcelery,redis`` measures only those columns, ``BENCH_SETUPS=1,0`` only
+those worker setups (1, 2: solo workers; 0: the prefork worker).
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def run_event_phases(admin: str, redis_url: str | None) -> dict[str, Any]:
 #: What each round measures, in this order on odd rounds and reversed on even ones.
 CONFIGS = ("stock", "pgcelery", "fair-off", "redis", "rabbitmq")
 #: 1 and 2 solo workers, and one prefork worker with two children (bench.measure.PREFORK).
-WORKER_SETUPS = (1, 2, 0)
+WORKER_SETUPS = tuple(
+    int(n) for n in os.environ.get("BENCH_SETUPS", "1,2,0").split(",") if n.strip()
+)
 
 
 def _one(config: str, workers: int, admin: str, servers: dict[str, str | None]) -> Any:
