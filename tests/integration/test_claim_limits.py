@@ -25,6 +25,7 @@ from pgcelery.schema.tables import Names
 from pgcelery.settings import Settings
 from tests.support import limited_tasks
 from tests.support.postgres import libpq, scalar
+from tests.support.workers import solo_worker
 
 Claimed = list[tuple[str, dict[str, Any]]]
 
@@ -230,3 +231,31 @@ def test_idle_limit_state_is_pruned_and_a_held_slot_is_kept(app: Celery, databas
             assert prune_limit_state(conn, Names(), 100) == 1
             keys = [r[0] for r in conn.execute("SELECT key FROM pgcelery_limit_state")]
     assert keys == ["c:tests.limits.capped"]
+
+
+def test_a_worker_held_back_by_a_rate_limit_does_not_poll_busily(
+    app: Celery, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One start a minute: the second message waits a minute, and the worker claims at its
+    polling interval (1 s), not in a loop."""
+
+    @app.task(name="tests.limits.once_a_minute", global_rate_limit="1/m")
+    def once_a_minute() -> None: ...
+
+    claims: list[float] = []
+    original = Channel._claim
+
+    def counting(self: Channel, queues: list[str], limit: int) -> Any:
+        claims.append(time.monotonic())
+        return original(self, queues, limit)
+
+    monkeypatch.setattr(Channel, "_claim", counting)
+    first, second = once_a_minute.delay(), once_a_minute.delay()
+    with solo_worker(app):
+        first.get(timeout=30)
+        started = len(claims)
+        time.sleep(3.0)  # the span whose claims are counted
+        during = len(claims) - started
+    assert second.state == "PENDING"
+    assert during <= 6, during
+    assert scalar(database_url, "SELECT count(*) FROM kombu_message WHERE lease_token IS NULL") == 1
