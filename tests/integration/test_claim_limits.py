@@ -259,3 +259,15 @@ def test_a_worker_held_back_by_a_rate_limit_does_not_poll_busily(
     assert second.state == "PENDING"
     assert during <= 6, during
     assert scalar(database_url, "SELECT count(*) FROM kombu_message WHERE lease_token IS NULL") == 1
+
+
+def test_a_key_at_its_limit_hides_none_of_the_keys_behind_it(app: Celery) -> None:
+    """A thousand messages of one tenant at its limit, queued before another tenant's one:
+    the other tenant's is claimed at once (keys are visited, not messages)."""
+    first, second = sorted(str(uuid.uuid4()) for _ in range(2))
+    for _ in range(1000):
+        limited_tasks.one_per_tenant.delay(tenant_id=first, label="flood")
+    limited_tasks.one_per_tenant.delay(tenant_id=second, label="other")
+    with _channel(app) as channel:
+        assert _tenants(_claim(channel, 10)) == [first, second]
+        assert _claim(channel, 10) == []

@@ -104,4 +104,9 @@ def test_the_cursor_follows_the_last_message_of_each_queue() -> None:
 
     cursors = FairCursors()
     cursors.advance([row(1, "b", 2, 2), row(1, "a", 1, 1), row(2, None, None, None)])
-    assert cursors.params([1, 2]) == {"afters": ["b", None], "useds": [2, 0]}
+    cursors.stopped(2, "k")
+    assert cursors.params([1, 2]) == {
+        "afters": ["b", None],
+        "useds": [2, 0],
+        "limited_afters": [None, "k"],
+    }

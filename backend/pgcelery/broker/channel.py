@@ -25,7 +25,7 @@ from pgcelery.broker.caller_transaction import (
     identity_of,
 )
 from pgcelery.broker.channel_options import ChannelOptions
-from pgcelery.broker.claim_sql import WAIT, ClaimSql, FairCursors
+from pgcelery.broker.claim_sql import GROUP, WAIT, ClaimSql, FairCursors
 from pgcelery.broker.dead_letters import bury, claimant
 from pgcelery.broker.delivery import QoS, due_at, parse_tag, sort_claimed
 from pgcelery.broker.leases import LeaseRenewer
@@ -280,8 +280,7 @@ class Channel(ChannelOptions):
             "claimant": claimant(),
             "max_bytes": self.max_message_bytes,
         }
-        if self.fair_tenants:
-            params.update(self._fair.params(ids))
+        params.update(self._fair.params(ids))
         try:
             rows = self._execute(
                 self.claim_sql.fair if self.fair_tenants else self.claim_sql.in_order,
@@ -293,7 +292,10 @@ class Channel(ChannelOptions):
             raise
         for message_id in acked_ids:
             self._forget(message_id)
-        waits = [row[WAIT] for row in rows if row[0] is None]
+        waits = [row[WAIT] for row in rows if row[0] is None and row[WAIT] is not None]
+        for row in rows:
+            if row[0] is None and row[GROUP] is not None:
+                self._fair.stopped(row[1], row[GROUP])
         rows = [row for row in rows if row[0] is not None]
         if waits:  # a rate limit lets a message start then: claim again at that moment
             self.connection._claim_within(min(waits))

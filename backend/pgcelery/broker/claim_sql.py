@@ -5,9 +5,10 @@ One statement, one round trip, does all of a claim:
 1. deletes the acks that ride along (:mod:`pgcelery.broker.acks`);
 2. claims the *limited* messages it may (``pgcelery_claim_limited``, revision
    ``0012_fair_limits``): those of tasks with a ``concurrency_limit`` or ``global_rate_limit``.
-   Each key's state row is locked while the claim decides, so two workers never take the same
-   free slot or the same rate token; a key at its limit is passed over, its messages stay in
-   the queue unleased, and the claim goes on to other work;
+   It goes from one key to the next, starting after the key this channel's last claim stopped
+   at. Each key's state row is locked while the claim decides, so two workers never take the
+   same free slot or the same rate token; a key at its limit is passed over, its messages stay
+   in the queue unleased, and the claim goes on to other work;
 3. fills the rest of the batch with unlimited messages: in order (highest priority, then
    oldest), or, with fair share on, from one tenant group after another at the top priority
    (``pgcelery_claim_fair``), starting after the group this channel's last claim stopped in,
@@ -66,8 +67,9 @@ class ClaimSql:
             " WHERE m.id = a.id AND m.lease_token = a.token),"
             # Acked ids are passed on: their slots are free even though this statement's
             # snapshot still shows their rows.
-            f" lim AS (SELECT l.id, l.wait FROM {limited}"
-            "(%(queues)s::int[], %(acked_ids)s::bigint[], %(limit)s) l),"
+            f" lim AS (SELECT l.id, l.wait, l.queue, l.grp FROM {limited}"
+            "(%(queues)s::int[], %(limited_afters)s::text[], %(acked_ids)s::bigint[],"
+            " %(limit)s) l),"
             f" u AS ({unlimited}),"
             " c AS (SELECT l.id, p.claimed_by AS previous, NULL::text AS grp, NULL::bigint AS seq,"
             f" NULL::integer AS turn FROM lim l JOIN {m} p ON p.id = l.id"
@@ -85,14 +87,16 @@ class ClaimSql:
             " CASE WHEN octet_length(m.payload) <= %(max_bytes)s THEN m.payload END, h.head,"
             " c.previous, m.priority, c.grp, c.seq, c.turn)"
             " SELECT leased.*, NULL::double precision AS wait FROM leased"
-            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-            " l.wait"
-            " FROM lim l WHERE l.id IS NULL"
+            # Rows without a message: a rate limit's wait, or where a queue's rotation of
+            # limited keys stopped (queue_id and grp).
+            " UNION ALL SELECT NULL, l.queue, NULL, NULL, NULL, NULL, NULL, NULL, l.grp, NULL,"
+            " NULL, l.wait FROM lim l WHERE l.id IS NULL"
         )
 
     @cached_property
     def in_order(self) -> str:
-        """Params: acked_ids, acked_tokens, queues, limit, lease, claimant, max_bytes."""
+        """Params: acked_ids, acked_tokens, queues, limited_afters (each queue's last limited
+        key), limit, lease, claimant, max_bytes."""
         m = self.names.message
         # One ordered index scan per queue, never a bitmap scan: an index scan marks the
         # entries of deleted messages dead as it passes them, so the next claim skips them
@@ -125,15 +129,27 @@ class ClaimSql:
 
 @dataclass
 class FairCursors:
-    """Where each queue's rotation stopped: the last group served, and how many messages of
-    its turn it took. Kept per channel: each worker goes round the groups on its own, which is
-    fair for each, and so for all of them together, without a row every claim must update."""
+    """Where each queue's rotations stopped: the last tenant group served and how many messages
+    of its turn it took, and the last limited key visited. Kept per channel: each worker goes
+    round on its own, which is fair for each, and so for all of them together, without a row
+    every claim must update."""
 
     after: dict[int, tuple[str, int]] = field(default_factory=dict)
 
+    #: Per queue, the limited key the last claim's rotation stopped at.
+    limited_after: dict[int, str] = field(default_factory=dict)
+
     def params(self, queue_ids: list[int]) -> dict[str, Any]:
         cursors = [self.after.get(q, (None, 0)) for q in queue_ids]
-        return {"afters": [c[0] for c in cursors], "useds": [c[1] for c in cursors]}
+        return {
+            "afters": [c[0] for c in cursors],
+            "useds": [c[1] for c in cursors],
+            "limited_afters": [self.limited_after.get(q) for q in queue_ids],
+        }
+
+    def stopped(self, queue_id: int, key: str) -> None:
+        """The limited claim's rotation of ``queue_id`` stopped at ``key``."""
+        self.limited_after[queue_id] = key
 
     def advance(self, rows: list[tuple[Any, ...]]) -> None:
         """Move each queue's cursor to the group of the last message ``rows`` claimed from it,

@@ -39,6 +39,8 @@ TENANT_GROUP = "coalesce(m.tenant_id, '')"
 #: A message under no concurrency or rate limit (the fair claim's), and one under a limit.
 UNLIMITED = "m.concurrency_key IS NULL AND m.rate_key IS NULL"
 LIMITED = "(m.concurrency_key IS NOT NULL OR m.rate_key IS NOT NULL)"
+#: A limited message's key for the limited claim's rotation.
+LIMIT_GROUP = "coalesce(m.concurrency_key, m.rate_key)"
 #: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
 MESSAGE_CHANNEL = "pgcelery_message"
 RESULT_CHANNEL = "pgcelery_result"
@@ -298,6 +300,7 @@ def _add_fair_limits(md: sa.MetaData, message: sa.Table, target: str | None) -> 
     sa.Index(
         "ix_kombu_message_limited",
         message.c.queue_id,
+        sa.text(LIMIT_GROUP.replace("m.", "")),
         message.c.priority.desc(),
         message.c.id,
         postgresql_where=sa.text(LIMITED.replace("m.", "")),

@@ -8,7 +8,9 @@
   A message with either key is *limited*; every other message is claimed as before.
 - ``ix_kombu_message_fair``: unlimited messages by queue, priority, tenant group (the tenant id,
   or ``''`` for global tasks) and id; the fair claim walks it from one group to the next.
-- ``ix_kombu_message_limited``: limited messages only (empty when no task has a limit).
+- ``ix_kombu_message_limited``: limited messages only (empty when no task has a limit), by queue,
+  key (the concurrency key, else the rate key), priority and id: the limited claim goes from one
+  key to the next in it.
 - ``pgcelery_tenant_weight``: a tenant's share of the claims (``set_tenant_weight``).
 - ``pgcelery_limit_state``: one row per limit key: the messages leased under a concurrency key
   (``holders``) and when a rate key may start its next task (``next_at``). The row is locked
@@ -37,6 +39,7 @@ from alembic import op
 from pgcelery.schema.migrations.grants import grant
 from pgcelery.schema.roles import LIMIT_RIGHTS
 from pgcelery.schema.tables import (
+    LIMIT_GROUP,
     LIMIT_STATE_TABLE,
     LIMITED,
     MESSAGE_CHANNEL,
@@ -51,8 +54,10 @@ down_revision: str | None = "0011_chords"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: The limited claim looks at this many waiting limited messages, oldest first, per claim.
-LIMITED_SCAN = 500
+#: Keys the limited claim visits per queue and claim (the next claim goes on from there), and
+#: the messages of one key it reads per visit.
+KEYS_PER_CLAIM = 50
+KEY_SCAN = 50
 
 _COLUMNS = (
     ("concurrency_key", sa.Text()),
@@ -153,11 +158,23 @@ def _limited_function(q: str) -> str:
     m = f"{q}.kombu_message"
     state = f"{q}.{LIMIT_STATE_TABLE}"
     live = "m.lease_token IS NOT NULL AND m.visible_at > now() AND m.id <> ALL(p_acked)"
+    ready = f"m.visible AND m.visible_at <= now() AND {LIMITED}"
+    # Keys in rotation, like the fair claim's tenant groups: one probe of the index finds the
+    # next key with a ready message, so a key at its limit costs one visit, however many of
+    # its messages wait, and never hides the keys behind it.
     return f"""
-CREATE FUNCTION {q}.pgcelery_claim_limited(p_queues integer[], p_acked bigint[], p_n integer)
-RETURNS TABLE(id bigint, wait double precision) LANGUAGE plpgsql AS $fn$
+CREATE FUNCTION {q}.pgcelery_claim_limited(
+  p_queues integer[], p_afters text[], p_acked bigint[], p_n integer)
+RETURNS TABLE(id bigint, wait double precision, queue integer, grp text)
+LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
+  qi integer;
+  g text;
+  first_g text;
+  nxt text;
+  visited integer;
+  wrapped boolean;
   r record;
   blocked text[] := '{{}}';
   mine bigint[] := '{{}}';
@@ -166,71 +183,119 @@ DECLARE
   soonest double precision;
   taken integer := 0;
 BEGIN
-  FOR r IN SELECT m.id AS mid, 'c:' || m.concurrency_key AS ck, m.concurrency_limit AS cl,
-                  'r:' || m.rate_key AS rk, m.rate_interval AS ri
-      FROM {m} m
-      WHERE m.queue_id = ANY(p_queues) AND {LIMITED} AND m.visible AND m.visible_at <= now()
-      ORDER BY m.priority DESC, m.id LIMIT {LIMITED_SCAN}
-  LOOP
+  FOR qi IN 1 .. coalesce(cardinality(p_queues), 0) LOOP
     EXIT WHEN taken >= p_n;
-    CONTINUE WHEN r.ck = ANY(blocked) OR r.rk = ANY(blocked);
-    IF r.ck IS NOT NULL THEN
-      INSERT INTO {state} (key) VALUES (r.ck) ON CONFLICT DO NOTHING;
-      -- Locked until this claim commits: the next claimant of the key, waiting for it or
-      -- skipping it, reads the leases this claim writes.
-      SELECT s.holders INTO holding FROM {state} s WHERE s.key = r.ck FOR UPDATE SKIP LOCKED;
-      IF NOT FOUND THEN
-        blocked := blocked || r.ck;
-        soonest := least(soonest, 0.05);
-        CONTINUE;
+    g := p_afters[qi];
+    first_g := NULL;
+    visited := 0;
+    wrapped := false;
+    LOOP
+      EXIT WHEN taken >= p_n OR visited >= {KEYS_PER_CLAIM};
+      IF g IS NULL THEN
+        SELECT {LIMIT_GROUP} INTO nxt FROM {m} m WHERE m.queue_id = p_queues[qi] AND {ready}
+         ORDER BY {LIMIT_GROUP} LIMIT 1;
+        EXIT WHEN NOT FOUND;
+      ELSE
+        SELECT {LIMIT_GROUP} INTO nxt FROM {m} m
+         WHERE m.queue_id = p_queues[qi] AND {LIMIT_GROUP} > g AND {ready}
+         ORDER BY {LIMIT_GROUP} LIMIT 1;
+        IF NOT FOUND THEN
+          EXIT WHEN wrapped;
+          wrapped := true;  -- past the last key: wrap around to the first
+          g := NULL;
+          CONTINUE;
+        END IF;
       END IF;
-      SELECT coalesce(array_agg(h.id), '{{}}') INTO holding FROM unnest(holding) AS h(id)
-       WHERE h.id = ANY(mine)
-          OR EXISTS (SELECT 1 FROM {m} m WHERE m.id = h.id AND {live});
-      IF cardinality(holding) >= r.cl THEN
-        blocked := blocked || r.ck;
-        CONTINUE;
-      END IF;
+      EXIT WHEN nxt = first_g;  -- every key visited once
+      first_g := coalesce(first_g, nxt);
+      g := nxt;
+      visited := visited + 1;
+      FOR r IN SELECT m.id AS mid, 'c:' || m.concurrency_key AS ck, m.concurrency_limit AS cl,
+                      'r:' || m.rate_key AS rk, m.rate_interval AS ri
+          FROM {m} m
+          WHERE m.queue_id = p_queues[qi] AND {LIMIT_GROUP} = g AND {ready}
+          ORDER BY m.priority DESC, m.id LIMIT {KEY_SCAN}
+      LOOP
+        EXIT WHEN taken >= p_n;
+        CONTINUE WHEN r.mid = ANY(mine);  -- this transaction's own locks are not skipped
+        -- The key's messages share its concurrency key (or, without one, its rate key).
+        EXIT WHEN r.ck = ANY(blocked) OR (r.ck IS NULL AND r.rk = ANY(blocked));
+        CONTINUE WHEN r.rk = ANY(blocked);
+        IF r.ck IS NOT NULL THEN
+          INSERT INTO {state} (key) VALUES (r.ck) ON CONFLICT DO NOTHING;
+          -- Locked until this claim commits: the next claimant of the key, waiting for it or
+          -- skipping it, reads the leases this claim writes.
+          SELECT s.holders INTO holding FROM {state} s WHERE s.key = r.ck
+             FOR UPDATE SKIP LOCKED;
+          IF NOT FOUND THEN
+            blocked := blocked || r.ck;
+            soonest := least(soonest, 0.05);
+            CONTINUE;
+          END IF;
+          SELECT coalesce(array_agg(h.id), '{{}}') INTO holding FROM unnest(holding) AS h(id)
+           WHERE h.id = ANY(mine)
+              OR EXISTS (SELECT 1 FROM {m} m WHERE m.id = h.id AND {live});
+          IF cardinality(holding) >= r.cl THEN
+            blocked := blocked || r.ck;
+            CONTINUE;
+          END IF;
+        END IF;
+        IF r.rk IS NOT NULL THEN
+          INSERT INTO {state} (key) VALUES (r.rk) ON CONFLICT DO NOTHING;
+          SELECT s.next_at INTO next_start FROM {state} s WHERE s.key = r.rk
+             FOR UPDATE SKIP LOCKED;
+          IF NOT FOUND THEN
+            blocked := blocked || r.rk;
+            soonest := least(soonest, r.ri);
+            CONTINUE;
+          END IF;
+          IF next_start > now() THEN
+            blocked := blocked || r.rk;
+            soonest := least(soonest, extract(epoch FROM next_start - now())::double precision);
+            CONTINUE;
+          END IF;
+        END IF;
+        PERFORM 1 FROM {m} m WHERE m.id = r.mid AND m.visible AND m.visible_at <= now()
+          FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF r.ck IS NOT NULL THEN
+          UPDATE {state} s SET holders = holding || r.mid, touched_at = now()
+           WHERE s.key = r.ck;
+        END IF;
+        IF r.rk IS NOT NULL THEN
+          -- A token bucket of one token, like Celery's own rate_limit: starts are spaced
+          -- evenly, so no window of the period holds more than the rate (one more at its edge).
+          UPDATE {state} s
+             SET next_at = greatest(coalesce(s.next_at, now()), now())
+                           + make_interval(secs => r.ri),
+                 touched_at = now()
+           WHERE s.key = r.rk;
+          blocked := blocked || r.rk;
+          soonest := least(soonest, r.ri);
+        END IF;
+        mine := mine || r.mid;
+        taken := taken + 1;
+        id := r.mid;
+        wait := NULL;
+        queue := NULL;
+        grp := NULL;
+        RETURN NEXT;
+      END LOOP;
+    END LOOP;
+    IF g IS NOT NULL THEN
+      -- Where this queue's rotation stopped: the next claim starts after it.
+      id := NULL;
+      wait := NULL;
+      queue := p_queues[qi];
+      grp := g;
+      RETURN NEXT;
     END IF;
-    IF r.rk IS NOT NULL THEN
-      INSERT INTO {state} (key) VALUES (r.rk) ON CONFLICT DO NOTHING;
-      SELECT s.next_at INTO next_start FROM {state} s WHERE s.key = r.rk FOR UPDATE SKIP LOCKED;
-      IF NOT FOUND THEN
-        blocked := blocked || r.rk;
-        soonest := least(soonest, r.ri);
-        CONTINUE;
-      END IF;
-      IF next_start > now() THEN
-        blocked := blocked || r.rk;
-        soonest := least(soonest, extract(epoch FROM next_start - now())::double precision);
-        CONTINUE;
-      END IF;
-    END IF;
-    PERFORM 1 FROM {m} m WHERE m.id = r.mid AND m.visible AND m.visible_at <= now()
-      FOR UPDATE SKIP LOCKED;
-    CONTINUE WHEN NOT FOUND;
-    IF r.ck IS NOT NULL THEN
-      UPDATE {state} s SET holders = holding || r.mid, touched_at = now() WHERE s.key = r.ck;
-    END IF;
-    IF r.rk IS NOT NULL THEN
-      -- A token bucket of one token, like Celery's own rate_limit: starts are spaced evenly,
-      -- so no window of the period ever holds more than the rate (one more at its edge).
-      UPDATE {state} s
-         SET next_at = greatest(coalesce(s.next_at, now()), now()) + make_interval(secs => r.ri),
-             touched_at = now()
-       WHERE s.key = r.rk;
-      blocked := blocked || r.rk;
-      soonest := least(soonest, r.ri);
-    END IF;
-    mine := mine || r.mid;
-    taken := taken + 1;
-    id := r.mid;
-    wait := NULL;
-    RETURN NEXT;
   END LOOP;
   IF soonest IS NOT NULL THEN
     id := NULL;
     wait := soonest;
+    queue := NULL;
+    grp := NULL;
     RETURN NEXT;
   END IF;
 END
@@ -254,7 +319,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_kombu_message_limited",
         "kombu_message",
-        ["queue_id", sa.text("priority DESC"), "id"],
+        ["queue_id", sa.text(LIMIT_GROUP.replace("m.", "")), sa.text("priority DESC"), "id"],
         schema=schema,
         postgresql_where=sa.text(LIMITED.replace("m.", "")),
     )
@@ -319,7 +384,7 @@ def downgrade() -> None:
     op.execute(
         f"DROP TRIGGER pgcelery_limit_freed ON {q}.kombu_message;\n"
         f"DROP FUNCTION {q}.pgcelery_limit_freed();\n"
-        f"DROP FUNCTION {q}.pgcelery_claim_limited(integer[], bigint[], integer);\n"
+        f"DROP FUNCTION {q}.pgcelery_claim_limited(integer[], text[], bigint[], integer);\n"
         f"DROP FUNCTION {q}.pgcelery_claim_fair(integer, integer, text, integer);"
     )
     op.drop_index("ix_pgcelery_limit_state_touched_at", LIMIT_STATE_TABLE, schema=schema)
