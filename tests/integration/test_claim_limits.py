@@ -271,3 +271,22 @@ def test_a_key_at_its_limit_hides_none_of_the_keys_behind_it(app: Celery) -> Non
     with _channel(app) as channel:
         assert _tenants(_claim(channel, 10)) == [first, second]
         assert _claim(channel, 10) == []
+
+
+def test_a_replayed_dead_letter_keeps_its_limit(app: Celery, database_url: str) -> None:
+    from pgcelery.broker.dead_letters import replay
+
+    limited_tasks.one_per_tenant.delay(tenant_id=str(uuid.uuid4()), label="x")
+    limited_tasks.global_work.delay(label="unlimited")
+    columns = "concurrency_key, concurrency_limit, rate_key, rate_interval, limit_task"
+    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
+        before = conn.execute(f"SELECT {columns} FROM kombu_message ORDER BY id").fetchall()
+        conn.execute(
+            "INSERT INTO pgcelery_dead_letter (queue, payload, priority, deliveries, reason)"
+            " SELECT 'celery', payload, priority, 5, 'test' FROM kombu_message ORDER BY id"
+        )
+        conn.execute("DELETE FROM kombu_message")
+        assert len(replay(conn, Names(), None)) == 2
+        after = conn.execute(f"SELECT {columns} FROM kombu_message ORDER BY id").fetchall()
+    assert after == before
+    assert after[0][0] is not None

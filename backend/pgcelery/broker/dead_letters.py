@@ -11,6 +11,7 @@ replay and purge dead letters with ``pgcelery dead-letters``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from pgcelery.broker import limits
 from pgcelery.schema.tables import Names
 
 log = logging.getLogger(__name__)
@@ -207,7 +209,7 @@ def replay(db: psycopg.Connection[Any], names: Names, ids: Sequence[int] | None)
     delivery count, in one transaction; returns the ids replayed. Their tasks' FAILURE results
     are removed, so a caller waiting on one waits for the new run instead."""
     chosen = "true" if ids is None else "id = ANY(%(ids)s)"
-    params = {"ids": list(ids or ())}
+    params = {"ids": list(ids or ()), "limited": f'"{limits.LIMIT_HEADER}"'}
     with db.transaction():
         # A queue row pruned since (an idle queue) is made again, or the message would be lost.
         db.execute(
@@ -230,14 +232,38 @@ def replay(db: psycopg.Connection[Any], names: Names, ids: Sequence[int] | None)
             "   now() AT TIME ZONE 'UTC', d.payload, 1, q.id, d.priority, now(),"
             # The tenant column as the publisher filled it (pgcelery.broker.limits.tenant_of).
             '   substring(d.payload from \'"pgcelery_tenant_id": ?"([^"]+)"\')'
-            f"  FROM d JOIN {names.queue} q ON q.name = d.queue)"
-            " SELECT id FROM d ORDER BY id",
+            f"  FROM d JOIN {names.queue} q ON q.name = d.queue"
+            "  RETURNING id, payload)"
+            " SELECT id, NULL::bigint, NULL FROM d"
+            " UNION ALL SELECT NULL, m.id, m.payload FROM m"
+            " WHERE strpos(m.payload, %(limited)s) > 0"
+            " ORDER BY 1",
             params,
         ).fetchall()
-    replayed = [int(row[0]) for row in rows]
+        _restore_limits(db, names, [(row[1], row[2]) for row in rows if row[0] is None])
+    replayed = [int(row[0]) for row in rows if row[0] is not None]
     if replayed:
         log.info("pgcelery.dead_letters.replayed", extra={"count": len(replayed)})
     return replayed
+
+
+def _restore_limits(
+    db: psycopg.Connection[Any], names: Names, messages: list[tuple[int, str]]
+) -> None:
+    """Give replayed messages of limited tasks their limit columns back (in the replay's
+    transaction, so no claim ever sees them unlimited)."""
+    for message_id, payload in messages:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            continue
+        columns = limits.limit_columns(message) if isinstance(message, dict) else limits.UNLIMITED
+        if columns != limits.UNLIMITED:
+            db.execute(
+                f"UPDATE {names.message} SET concurrency_key = %s, concurrency_limit = %s,"
+                " rate_key = %s, rate_interval = %s, limit_task = %s WHERE id = %s",
+                (*columns, message_id),
+            )
 
 
 def purge(
