@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pgcelery.schema.tables import UNLIMITED, Names
-
-_READY = "m.visible AND m.visible_at <= now()"
+from pgcelery.schema.tables import LIMITED, Names
 
 #: Columns of a claimed row, in order (:func:`pgcelery.broker.delivery.sort_claimed` reads the
 #: first eight).
@@ -69,7 +67,10 @@ class ClaimSql:
             # snapshot still shows their rows.
             f" lim AS (SELECT l.id, l.wait, l.queue, l.grp FROM {limited}"
             "(%(queues)s::int[], %(limited_afters)s::text[], %(acked_ids)s::bigint[],"
-            " %(limit)s) l),"
+            " %(limit)s) l"
+            # Not even called while no limited message waits (the partial index is empty).
+            f" WHERE EXISTS (SELECT 1 FROM {m} e WHERE e.queue_id = ANY(%(queues)s::int[])"
+            f" AND {LIMITED.replace('m.', 'e.')})),"
             f" u AS ({unlimited}),"
             " c AS (SELECT l.id, p.claimed_by AS previous, NULL::text AS grp, NULL::bigint AS seq,"
             f" NULL::integer AS turn FROM lim l JOIN {m} p ON p.id = l.id"
@@ -98,18 +99,13 @@ class ClaimSql:
         """Params: acked_ids, acked_tokens, queues, limited_afters (each queue's last limited
         key), limit, lease, claimant, max_bytes."""
         m = self.names.message
-        # One ordered index scan per queue, never a bitmap scan: an index scan marks the
-        # entries of deleted messages dead as it passes them, so the next claim skips them
-        # instead of re-reading every row deleted since the last vacuum.
+        in_order = self.names.function("pgcelery_claim_in_order")
         return self._statement(
-            "SELECT q.id, q.claimed_by AS previous, q.priority, NULL::text AS grp,"
+            "SELECT f.id, p.claimed_by AS previous, p.priority, NULL::text AS grp,"
             " NULL::bigint AS seq, NULL::integer AS turn"
             " FROM unnest(%(queues)s::int[]) AS qs(queue_id)"
-            " CROSS JOIN LATERAL"
-            f" (SELECT m.id, m.priority, m.claimed_by FROM {m} m"
-            f" WHERE m.queue_id = qs.queue_id AND {_READY} AND {UNLIMITED}"
-            " ORDER BY m.priority DESC, m.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) q"
-            " ORDER BY q.priority DESC, q.id LIMIT %(limit)s"
+            f" CROSS JOIN LATERAL {in_order}(qs.queue_id, %(limit)s) f"
+            f" JOIN {m} p ON p.id = f.id"
         )
 
     @cached_property

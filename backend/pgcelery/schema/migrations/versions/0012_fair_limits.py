@@ -16,9 +16,9 @@
   (``holders``) and when a rate key may start its next task (``next_at``). The row is locked
   while a claim decides, so two workers never both take the last slot; what holds a slot is
   read from the leases themselves, so a killed worker's slots free as its leases run out.
-- ``pgcelery_claim_fair`` (rows: message id, its group, how many of the group's turn it makes)
-  and ``pgcelery_claim_limited``: the two halves of the claim
-  (:mod:`pgcelery.broker.fair_claim`, :mod:`pgcelery.broker.limited_claim` explain them).
+- ``pgcelery_claim_fair`` (rows: message id, its group, how many of the group's turn it makes),
+  ``pgcelery_claim_in_order`` (fair share off) and ``pgcelery_claim_limited``: the parts of the
+  claim statement (:mod:`pgcelery.broker.claim_sql` explains them).
 - A trigger NOTIFYs when a message under a concurrency key is deleted (its task finished), so
   a worker waiting for a free slot claims at once instead of at its next poll.
 
@@ -71,18 +71,35 @@ _COLUMNS = (
 def _fair_function(q: str) -> str:
     m = f"{q}.kombu_message"
     ready = f"m.visible AND m.visible_at <= now() AND {UNLIMITED}"
+    weights = f"{q}.pgcelery_tenant_weight"
+    # The next group after g at the top priority: an index seek.
+    after = (
+        f"SELECT {TENANT_GROUP} AS grp FROM {m} m WHERE m.queue_id = p_queue"
+        f" AND m.priority = {{top}} AND {TENANT_GROUP} > g AND {ready}"
+        f" ORDER BY {TENANT_GROUP} LIMIT 1"
+    )
+    take = (
+        f"SELECT s.id FROM (SELECT m.id FROM {m} m WHERE m.queue_id = p_queue"
+        f" AND m.priority = top AND {TENANT_GROUP} = g AND {ready}"
+        # This transaction's own row locks are not skipped: leave out what it already took.
+        " AND m.id <> ALL(mine) ORDER BY m.id LIMIT {limit} FOR UPDATE SKIP LOCKED) s"
+    )
     # One group after another, in the order of the index, wrapping around; each group visited
     # gives its weight's worth of messages (times ``mult`` once a whole round left room in the
     # batch: a queue with one group fills the batch in its second visit, not one row a visit).
+    # The usual claim (no weights set) runs two statements: the first look, and one take.
     return f"""
 CREATE FUNCTION {q}.pgcelery_claim_fair(p_queue integer, p_n integer, p_after text, p_used integer)
-RETURNS TABLE(id bigint, grp text, turn integer) LANGUAGE plpgsql AS $fn$
+RETURNS TABLE(id bigint, grp text, turn integer) LANGUAGE plpgsql ROWS 10 AS $fn$
 #variable_conflict use_column
 DECLARE
   top smallint;
   g text := p_after;
   nxt text;
+  first_group text;
   mid bigint;
+  weighted boolean;
+  first_look boolean := true;
   seen text[] := '{{}}';
   mine bigint[] := '{{}}';
   w integer;
@@ -91,17 +108,22 @@ DECLARE
   round_taken integer := 0;
   mult integer := 1;
 BEGIN
-  SELECT m.priority INTO top FROM {m} m WHERE m.queue_id = p_queue AND {ready}
-   ORDER BY m.priority DESC LIMIT 1;
+  -- The first look: the top priority with a ready message and its first group (the first
+  -- entry of the index at that priority is both), the group after the cursor, and whether any
+  -- tenant has a weight (else every weight is 1, and none is looked up). Past the last group,
+  -- the rotation wraps round to the first without reading the index again.
+  SELECT t.priority, t.grp, coalesce(x.grp, t.grp), EXISTS (SELECT 1 FROM {weights})
+    INTO top, first_group, nxt, weighted
+    FROM (SELECT m.priority, {TENANT_GROUP} AS grp FROM {m} m
+          WHERE m.queue_id = p_queue AND {ready}
+          ORDER BY m.priority DESC, {TENANT_GROUP} LIMIT 1) t
+    LEFT JOIN LATERAL ({after.format(top="t.priority")}) x ON true;
   IF NOT FOUND THEN RETURN; END IF;
-  IF g IS NOT NULL AND p_used > 0 THEN
+  IF g IS NOT NULL AND p_used > 0 AND weighted THEN
     -- The group the last claim stopped in has the rest of its turn first.
-    SELECT coalesce(max(t.weight), 1) - p_used INTO w
-      FROM {q}.pgcelery_tenant_weight t WHERE t.tenant_id = g;
+    SELECT coalesce(max(t.weight), 1) - p_used INTO w FROM {weights} t WHERE t.tenant_id = g;
     IF w > 0 THEN
-      FOR mid IN SELECT s.id FROM (SELECT m.id FROM {m} m
-          WHERE m.queue_id = p_queue AND m.priority = top AND {TENANT_GROUP} = g AND {ready}
-          ORDER BY m.id LIMIT least(w, p_n) FOR UPDATE SKIP LOCKED) s LOOP
+      FOR mid IN {take.format(limit="least(w, p_n)")} LOOP
         id := mid; grp := g; turn := p_used + taken + 1; mine := mine || id;
         taken := taken + 1;
         RETURN NEXT;
@@ -110,20 +132,12 @@ BEGIN
   END IF;
   LOOP
     EXIT WHEN taken >= p_n;
-    IF g IS NULL THEN
-      SELECT {TENANT_GROUP} INTO nxt FROM {m} m
-       WHERE m.queue_id = p_queue AND m.priority = top AND {ready}
-       ORDER BY {TENANT_GROUP} LIMIT 1;
-      EXIT WHEN NOT FOUND;
-    ELSE
-      SELECT {TENANT_GROUP} INTO nxt FROM {m} m
-       WHERE m.queue_id = p_queue AND m.priority = top AND {TENANT_GROUP} > g AND {ready}
-       ORDER BY {TENANT_GROUP} LIMIT 1;
-      IF NOT FOUND THEN
-        g := NULL;  -- past the last group: wrap around to the first
-        CONTINUE;
-      END IF;
+    IF NOT first_look THEN
+      SELECT x.grp INTO nxt FROM ({after.format(top="top")}) x;
+      nxt := coalesce(nxt, first_group);
     END IF;
+    first_look := false;
+    EXIT WHEN nxt IS NULL;
     IF nxt = ANY(seen) THEN
       -- A whole round: stop if it found nothing, else go round again with bigger turns, so a
       -- queue with one group fills the batch in its second visit, not one row a visit.
@@ -134,20 +148,51 @@ BEGIN
     END IF;
     seen := seen || nxt;
     g := nxt;
-    SELECT coalesce(max(t.weight), 1) INTO w FROM {q}.pgcelery_tenant_weight t
-     WHERE t.tenant_id = g;
+    nxt := NULL;
+    w := 1;
+    IF weighted THEN
+      SELECT coalesce(max(t.weight), 1) INTO w FROM {weights} t WHERE t.tenant_id = g;
+    END IF;
     got := 0;
-    -- This transaction's own row locks are not skipped: leave out what it already took.
-    FOR mid IN SELECT s.id FROM (SELECT m.id FROM {m} m
-        WHERE m.queue_id = p_queue AND m.priority = top AND {TENANT_GROUP} = g AND {ready}
-          AND m.id <> ALL(mine)
-        ORDER BY m.id LIMIT least(w * mult, p_n - taken) FOR UPDATE SKIP LOCKED) s LOOP
+    FOR mid IN {take.format(limit="least(w * mult, p_n - taken)")} LOOP
       got := got + 1;
       id := mid; grp := g; turn := got; mine := mine || id;
       RETURN NEXT;
     END LOOP;
     taken := taken + got;
     round_taken := round_taken + got;
+  END LOOP;
+END
+$fn$;
+"""
+
+
+def _in_order_function(q: str) -> str:
+    m = f"{q}.kombu_message"
+    # The claim with fair share off. Not one SELECT ... LIMIT with the unlimited condition
+    # added: the planner estimates that condition as rare on a table it has no statistics for
+    # (autovacuum may be off), and then sorts the whole queue on every claim instead of reading
+    # ix_kombu_message_claim in order. A cursor is planned for its first rows: in order.
+    return f"""
+CREATE FUNCTION {q}.pgcelery_claim_in_order(p_queue integer, p_n integer)
+RETURNS TABLE(id bigint) LANGUAGE plpgsql ROWS 10 AS $fn$
+#variable_conflict use_column
+DECLARE
+  r record;
+  taken integer := 0;
+BEGIN
+  FOR r IN SELECT m.id AS mid, {UNLIMITED} AS unlimited FROM {m} m
+      WHERE m.queue_id = p_queue AND m.visible AND m.visible_at <= now()
+      ORDER BY m.priority DESC, m.id
+  LOOP
+    EXIT WHEN taken >= p_n;
+    CONTINUE WHEN NOT r.unlimited;
+    PERFORM 1 FROM {m} m WHERE m.id = r.mid AND m.visible AND m.visible_at <= now()
+      FOR UPDATE SKIP LOCKED;
+    CONTINUE WHEN NOT FOUND;
+    taken := taken + 1;
+    id := r.mid;
+    RETURN NEXT;
   END LOOP;
 END
 $fn$;
@@ -166,7 +211,7 @@ def _limited_function(q: str) -> str:
 CREATE FUNCTION {q}.pgcelery_claim_limited(
   p_queues integer[], p_afters text[], p_acked bigint[], p_n integer)
 RETURNS TABLE(id bigint, wait double precision, queue integer, grp text)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql ROWS 10 AS $fn$
 #variable_conflict use_column
 DECLARE
   qi integer;
@@ -360,6 +405,7 @@ def upgrade() -> None:
         "ix_pgcelery_limit_state_touched_at", LIMIT_STATE_TABLE, ["touched_at"], schema=schema
     )
     op.execute(_fair_function(q))
+    op.execute(_in_order_function(q))
     op.execute(_limited_function(q))
     op.execute(
         f"""
@@ -385,7 +431,8 @@ def downgrade() -> None:
         f"DROP TRIGGER pgcelery_limit_freed ON {q}.kombu_message;\n"
         f"DROP FUNCTION {q}.pgcelery_limit_freed();\n"
         f"DROP FUNCTION {q}.pgcelery_claim_limited(integer[], text[], bigint[], integer);\n"
-        f"DROP FUNCTION {q}.pgcelery_claim_fair(integer, integer, text, integer);"
+        f"DROP FUNCTION {q}.pgcelery_claim_fair(integer, integer, text, integer);\n"
+        f"DROP FUNCTION {q}.pgcelery_claim_in_order(integer, integer);"
     )
     op.drop_index("ix_pgcelery_limit_state_touched_at", LIMIT_STATE_TABLE, schema=schema)
     op.drop_table(LIMIT_STATE_TABLE, schema=schema)
