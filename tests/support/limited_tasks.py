@@ -4,30 +4,16 @@ in ``test_spans``, so a test can count what ran at once and in what order."""
 from __future__ import annotations
 
 import os
-import threading
 import time
-from typing import Any
 
-import psycopg
 from celery import Task, shared_task
 
-from pgcelery import dsn, tenant_task
-from pgcelery.app import settings_of
+from pgcelery import tenant_task
+from tests.support.broker_tasks import _conn
 
 SPANS_TABLE = """CREATE TABLE IF NOT EXISTS test_spans (
     label text NOT NULL, tenant text, task_id text NOT NULL, pid int NOT NULL,
     started timestamptz NOT NULL, ended timestamptz NOT NULL)"""
-
-_local = threading.local()
-
-
-def _conn(task: Task) -> psycopg.Connection[Any]:
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed or getattr(_local, "pid", None) != os.getpid():
-        url = dsn.libpq_url(settings_of(task.app).database_url)
-        conn = _local.conn = psycopg.connect(url, autocommit=True)
-        _local.pid = os.getpid()
-    return conn
 
 
 def _span(task: Task, label: str, seconds: float, tenant: str | None = None) -> str:
