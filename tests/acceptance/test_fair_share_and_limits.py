@@ -203,3 +203,29 @@ def test_a_killed_worker_frees_its_slot_when_its_lease_runs_out(
             what="every message acked",
         )
     assert _most_at_once(_spans(spans_db)) <= 2
+
+
+def test_a_concurrency_limit_holds_while_every_backend_is_terminated(
+    runs_app: Celery, spans_db: str
+) -> None:
+    """Every backend of the database terminated every half second while capped tasks run on two
+    prefork workers: still never more than two at once, and each task runs exactly once."""
+    for _ in range(10):
+        limited_tasks.capped.delay(label="capped", seconds=0.5)
+    with _workers(spans_db, 2, [*APP, "-P", "prefork", "-c", "2"], {}):
+        deadline = time.monotonic() + 120
+        while _count(spans_db) < 10 and time.monotonic() < deadline:
+            with psycopg.connect(libpq(spans_db), autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            time.sleep(0.5)  # the storm's rhythm, not a wait for a result
+        wait_until(
+            lambda: scalar(spans_db, "SELECT count(*) FROM kombu_message") == 0,
+            timeout=60,
+            what="every message acked",
+        )
+    spans = _spans(spans_db)
+    assert len(spans) == 10
+    assert _most_at_once(spans) <= 2

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
+import psycopg
 from celery import Task, shared_task
 
 from pgcelery import tenant_task
+from tests.support import broker_tasks
 from tests.support.broker_tasks import _conn
 
 SPANS_TABLE = """CREATE TABLE IF NOT EXISTS test_spans (
@@ -16,12 +19,23 @@ SPANS_TABLE = """CREATE TABLE IF NOT EXISTS test_spans (
     started timestamptz NOT NULL, ended timestamptz NOT NULL)"""
 
 
+def _execute(task: Task, query: str, params: tuple[Any, ...] = ()) -> Any:
+    try:
+        return _conn(task).execute(query, params).fetchone()
+    except psycopg.OperationalError:
+        # A fault test terminated this connection too; the task's own code reconnects (as in
+        # tests.record_run): what is under test is the broker.
+        broker_tasks._local.conn = None
+        return _conn(task).execute(query, params).fetchone()
+
+
 def _span(task: Task, label: str, seconds: float, tenant: str | None = None) -> str:
-    started = _conn(task).execute("SELECT clock_timestamp()").fetchone()
+    started = _execute(task, "SELECT clock_timestamp()")
     time.sleep(seconds)
-    _conn(task).execute(
+    _execute(
+        task,
         "INSERT INTO test_spans (label, tenant, task_id, pid, started, ended)"
-        " VALUES (%s, %s, %s, %s, %s, clock_timestamp())",
+        " VALUES (%s, %s, %s, %s, %s, clock_timestamp()) RETURNING 1",
         (label, tenant, task.request.id, os.getpid(), started[0] if started else None),
     )
     return label
