@@ -22,24 +22,29 @@ MESSAGES = int(os.environ.get("FAIR_MESSAGES", "1000000"))
 TENANTS = int(os.environ.get("FAIR_TENANTS", "10000"))
 CLAIMS = int(os.environ.get("FAIR_CLAIMS", "300"))
 
-#: The statements pgcelery_claim_fair runs, with a tenant in the middle of the range.
+_READY = "m.visible AND m.visible_at <= now() AND m.concurrency_key IS NULL AND m.rate_key IS NULL"
+#: The statements a claim runs (pgcelery_claim_fair's two, and the gate of the limited lane),
+#: with the cursor at a tenant in the middle of the range.
 PLANS = {
-    "top priority": "SELECT m.priority FROM kombu_message m WHERE m.queue_id = %(q)s"
-    " AND m.visible AND m.visible_at <= now()"
-    " AND m.concurrency_key IS NULL AND m.rate_key IS NULL ORDER BY m.priority DESC LIMIT 1",
-    "next group": "SELECT coalesce(m.tenant_id, '') FROM kombu_message m"
-    " WHERE m.queue_id = %(q)s AND m.priority = 0 AND coalesce(m.tenant_id, '') > %(g)s"
-    " AND m.visible AND m.visible_at <= now()"
-    " AND m.concurrency_key IS NULL AND m.rate_key IS NULL"
-    " ORDER BY coalesce(m.tenant_id, '') LIMIT 1",
-    "a group's turn": "SELECT m.id FROM kombu_message m WHERE m.queue_id = %(q)s"
-    " AND m.priority = 0 AND coalesce(m.tenant_id, '') = %(g)s"
-    " AND m.visible AND m.visible_at <= now()"
-    " AND m.concurrency_key IS NULL AND m.rate_key IS NULL"
-    " ORDER BY m.id LIMIT 1 FOR UPDATE SKIP LOCKED",
-    "limited lane (empty)": "SELECT m.id FROM kombu_message m WHERE m.queue_id = ANY(%(qs)s)"
-    " AND (m.concurrency_key IS NOT NULL OR m.rate_key IS NOT NULL)"
-    " AND m.visible AND m.visible_at <= now() ORDER BY m.priority DESC, m.id LIMIT 500",
+    "fair: the first look (top priority, its first group, the next group)": (
+        "SELECT t.priority, t.grp, x.grp FROM (SELECT m.priority,"
+        " coalesce(m.tenant_id, '') AS grp FROM kombu_message m"
+        f" WHERE m.queue_id = %(q)s AND {_READY}"
+        " ORDER BY m.priority DESC, coalesce(m.tenant_id, '') LIMIT 1) t"
+        " LEFT JOIN LATERAL (SELECT coalesce(m.tenant_id, '') AS grp FROM kombu_message m"
+        " WHERE m.queue_id = %(q)s AND m.priority = t.priority"
+        f" AND coalesce(m.tenant_id, '') > %(g)s AND {_READY}"
+        " ORDER BY coalesce(m.tenant_id, '') LIMIT 1) x ON true"
+    ),
+    "fair: a group's turn": (
+        "SELECT m.id FROM kombu_message m WHERE m.queue_id = %(q)s"
+        f" AND m.priority = 0 AND coalesce(m.tenant_id, '') = %(g)s AND {_READY}"
+        " AND m.id <> ALL('{}'::bigint[]) ORDER BY m.id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    ),
+    "limited lane gate (no limited message)": (
+        "SELECT EXISTS (SELECT 1 FROM kombu_message e WHERE e.queue_id = ANY(%(qs)s)"
+        " AND (e.concurrency_key IS NOT NULL OR e.rate_key IS NOT NULL))"
+    ),
 }
 
 
