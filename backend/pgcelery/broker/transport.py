@@ -74,6 +74,8 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         self._wake = threading.Event()
         self._next_claim_poll = 0.0
+        #: When a rate-limited message may start (monotonic), if a claim said so.
+        self._claim_due: float | None = None
         #: Whether channels claim messages in this round of drain_events.
         self.claiming = True
         self._listening = False
@@ -139,15 +141,19 @@ class Transport(virtual.Transport):
 
     def _claim_within(self, seconds: float) -> None:
         """Claim again in ``seconds`` at the latest (a rate-limited message may start then)."""
-        self._next_claim_poll = min(self._next_claim_poll, monotonic() + max(seconds, 0.0))
+        due = monotonic() + max(seconds, 0.0)
+        self._claim_due = due if self._claim_due is None else min(self._claim_due, due)
+        self._next_claim_poll = min(self._next_claim_poll, due)
 
     def _poll_wait(self) -> float:
         """Seconds to wait for a NOTIFY before looking again: the polling interval, or less
         when a channel reads the broadcast log on a timer (an event receiver) or a claim is
         due sooner (a rate limit's next start)."""
-        found = [c.broadcast.poll_interval() for c in list(self.channels)]
-        due = max(self._next_claim_poll - monotonic(), 0.0)
-        return min([float(self.polling_interval), due, *(float(i) for i in found if i is not None)])
+        intervals = [c.broadcast.poll_interval() for c in list(self.channels)]
+        found = [float(i) for i in intervals if i is not None]
+        if self._claim_due is not None:
+            found.append(max(self._claim_due - monotonic(), 0.0))
+        return min([float(self.polling_interval), *found])
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         end = None if timeout is None else monotonic() + timeout
@@ -164,6 +170,7 @@ class Transport(virtual.Transport):
             first = False
             if self.claiming:
                 self._next_claim_poll = now + self.polling_interval * 0.99
+                self._claim_due = None  # this round's claim says again when, if it must
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 return
