@@ -59,6 +59,30 @@ def test_broker_connections_have_keepalives_and_a_statement_timeout(database_url
         message.ack()
 
 
+def test_queue_statements_plan_index_scans_on_a_table_that_looks_small(database_url: str) -> None:
+    # A fresh, never analyzed kombu_message looks like ten pages to the planner: without the
+    # connections' setting the claim joins it by sequential scans, and the plan psycopg
+    # prepares then is kept while the table grows (the claim read 2,000 buffers, not 30).
+    kombu, channel = _channel(database_url)
+    with kombu:
+        queue = kombu.SimpleQueue("plans")
+        queue.put({"n": 1})
+        queue_id = channel._queue_id("plans")
+        params = {
+            "acked_ids": [1, 2], "acked_tokens": [None, None], "queues": [queue_id],
+            "limit": 4, "lease": 30.0, "claimant": "t", "max_bytes": 1 << 20,
+            **channel._fair.params([queue_id]),
+        }  # fmt: skip
+        consume = channel._conn("consume")
+        for statement in (channel.claim_sql.fair, channel.claim_sql.in_order):
+            with consume.transaction(force_rollback=True):
+                plan = consume.execute("EXPLAIN " + statement, params).fetchall()
+            text = "\n".join(row[0] for row in plan)
+            assert "Index Scan using kombu_message_pkey" in text, text
+            assert "Seq Scan on kombu_message" not in text, text
+        queue.get(timeout=10).ack()
+
+
 def test_poll_only_mode_sends_no_startup_options_and_prepares_nothing(database_url: str) -> None:
     kombu, channel = _channel(database_url, listen=False, statement_timeout=12.5)
     with kombu:

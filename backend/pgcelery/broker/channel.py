@@ -83,7 +83,7 @@ class Channel(ChannelOptions):
         return db
 
     def _connect(self, role: str) -> psycopg.Connection[Any]:
-        server = {}
+        server = dict(connections.INDEX_PLANS)
         if self.statement_timeout > 0:
             # A broker statement takes milliseconds; one stuck this long is a broken session.
             server["statement_timeout"] = str(round(self.statement_timeout * 1000))
