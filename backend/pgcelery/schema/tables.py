@@ -21,6 +21,13 @@ from sqlalchemy.dialects import postgresql
 
 QUEUE_TABLE = "kombu_queue"
 MESSAGE_TABLE = "kombu_message"
+#: Indexes of kombu's message model that no pgcelery statement reads (dropped by revision
+#: 0013), with their columns.
+UNREAD_MESSAGE_INDEXES = {
+    "ix_kombu_message_visible": ("visible",),
+    "ix_kombu_message_timestamp": ("timestamp",),
+    "ix_kombu_message_timestamp_id": ("timestamp", "id"),
+}
 TASK_TABLE = "celery_taskmeta"
 GROUP_TABLE = "celery_tasksetmeta"
 BROADCAST_TABLE = "pgcelery_broadcast"
@@ -93,6 +100,9 @@ def build_metadata(schema: str = "public") -> sa.MetaData:
     for name in (MESSAGE_TABLE, TASK_TABLE, GROUP_TABLE):
         named(name).c.id.type = sa.BigInteger()
     message = named(MESSAGE_TABLE)
+    # Dropped by revision 0013: kombu's model indexes what only kombu's own polling reads.
+    for index in [i for i in message.indexes if i.name in UNREAD_MESSAGE_INDEXES]:
+        message.indexes.discard(index)
     # Added by revision 0002 (the broker): claiming, leases and priorities.
     message.append_column(sa.Column("priority", sa.SmallInteger, nullable=False))
     message.append_column(
