@@ -41,9 +41,14 @@ class DeferredStarts:
     def defer(self, task_id: str, write: Write) -> None:
         """Run ``write`` after the delay unless :meth:`settle` is called for ``task_id`` first."""
         with self._lock:
+            idle = not self._due
             self._due[task_id] = (monotonic() + self.delay, write)
         self._ensure_thread()
-        self._wake.set()
+        # Every write has the same delay: one that waits already is due first, and the timer
+        # sleeps until then. Only an empty timer (sleeping without end) needs waking, not one
+        # thread wake-up per task.
+        if idle:
+            self._wake.set()
 
     def settle(self, task_id: str) -> None:
         """``task_id`` is about to store another state: its STARTED write is no longer wanted,
