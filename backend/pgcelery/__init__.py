@@ -9,12 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from pgcelery import module_aliases
 from pgcelery.app import create_app
-from pgcelery.broker.async_publish import asend
-from pgcelery.broker.bulk import send_many
-from pgcelery.broker.pauses import pause_queue, resume_queue
-from pgcelery.broker.tenant_weights import set_tenant_weight, tenant_weights
-from pgcelery.broker.transactional import enqueue_in, send_in_transaction
-from pgcelery.event_loops import aclose
 from pgcelery.exceptions import (
     ConfigurationError,
     InvalidTenantId,
@@ -27,16 +21,35 @@ from pgcelery.exceptions import (
 from pgcelery.tenancy import (
     current_correlation_id,
     current_tenant_id,
-    db,
     tenant_context,
     tenant_task,
 )
 
 if TYPE_CHECKING:
+    from pgcelery.broker.async_publish import asend
+    from pgcelery.broker.bulk import send_many
+    from pgcelery.broker.pauses import pause_queue, resume_queue
+    from pgcelery.broker.tenant_weights import set_tenant_weight, tenant_weights
+    from pgcelery.broker.transactional import enqueue_in, send_in_transaction
+    from pgcelery.event_loops import aclose
     from pgcelery.results.awaiting import aget
+    from pgcelery.tenancy import db
 
-#: Imported on first use: the result waiters are not needed by a worker or a sync producer.
-_LAZY = {"aget": "pgcelery.results.awaiting"}
+#: Imported on first use, so a worker loads none of what only producers, web services and
+#: operators call (SQLAlchemy sessions, the async API, job control): a smaller process.
+_LAZY = {
+    "aclose": "pgcelery.event_loops",
+    "aget": "pgcelery.results.awaiting",
+    "asend": "pgcelery.broker.async_publish",
+    "db": "pgcelery.tenancy.db",
+    "enqueue_in": "pgcelery.broker.transactional",
+    "pause_queue": "pgcelery.broker.pauses",
+    "resume_queue": "pgcelery.broker.pauses",
+    "send_in_transaction": "pgcelery.broker.transactional",
+    "send_many": "pgcelery.broker.bulk",
+    "set_tenant_weight": "pgcelery.broker.tenant_weights",
+    "tenant_weights": "pgcelery.broker.tenant_weights",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -45,7 +58,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'pgcelery' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    found = importlib.import_module(module)
+    # ``db`` is the module itself (``pgcelery.db.session(...)``); the rest are its functions.
+    value = found if name == "db" else getattr(found, name)
     globals()[name] = value
     return value
 

@@ -21,7 +21,7 @@ from pgcelery import set_tenant_weight
 from pgcelery.broker.channel import Channel
 from pgcelery.broker.delivery import parse_tag
 from pgcelery.broker.limit_state import prune_limit_state
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
 from tests.support import limited_tasks
 from tests.support.postgres import libpq, scalar

@@ -12,7 +12,7 @@ from pgcelery import dsn
 from pgcelery.broker import transport
 from pgcelery.broker.message_sql import MessageSql
 from pgcelery.broker.queue_rows import ephemeral_patterns, fence_key, prune_unused, resolve_fenced
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from tests.support.postgres import libpq, scalar
 from tests.support.waiting import wait_until
 

@@ -10,7 +10,8 @@ from alembic.migration import MigrationContext
 
 from pgcelery import dsn
 from pgcelery.schema import migrations
-from pgcelery.schema.tables import VERSION_TABLE, build_metadata, model_tables
+from pgcelery.schema.names import VERSION_TABLE
+from pgcelery.schema.tables import build_metadata, model_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,17 @@ def test_alembic_cli_migrates_from_the_repository(empty_database_url: str) -> No
     )
     assert result.returncode == 0, result.stderr
     assert migrations.current(empty_database_url) == migrations.head()
+
+
+def test_the_revisions_read_without_alembic_are_alembics() -> None:
+    # A worker checks its database against pgcelery.schema.revisions, which reads file names
+    # instead of loading Alembic: it must name the same chain and the same head.
+    from alembic.script import ScriptDirectory
+
+    from pgcelery.schema import revisions
+
+    script = ScriptDirectory.from_config(migrations.config())
+    assert set(revisions.revisions()) == {rev.revision for rev in script.walk_revisions()}
+    assert revisions.head() == script.get_current_head()
+    chain = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert list(revisions.revisions()) == chain

@@ -14,7 +14,8 @@ from alembic.migration import MigrationContext
 
 from pgcelery import create_app, dsn
 from pgcelery.schema import migrations
-from pgcelery.schema.tables import VERSION_TABLE, build_metadata
+from pgcelery.schema.names import VERSION_TABLE
+from pgcelery.schema.tables import build_metadata
 from pgcelery.settings import Settings
 from tests.support.postgres import libpq
 from tests.support.schemas import relations

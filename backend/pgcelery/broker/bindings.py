@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from kombu.transport.virtual.exchange import TopicExchange
 
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

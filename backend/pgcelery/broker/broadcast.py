@@ -32,7 +32,7 @@ from kombu.utils.json import dumps, loads
 
 from pgcelery.broker import listener
 from pgcelery.broker.bindings import BindingRegistry, Execute
-from pgcelery.schema.tables import BROADCAST_CHANNEL, Names
+from pgcelery.schema.names import BROADCAST_CHANNEL, Names
 
 log = logging.getLogger(__name__)
 

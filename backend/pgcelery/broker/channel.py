@@ -36,7 +36,7 @@ from pgcelery.broker.recording import Insert, record
 from pgcelery.broker.settling import Settling
 from pgcelery.broker.unique import publish_unique
 from pgcelery.broker.unique import take as take_unique
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pgcelery.schema.tables import LIMITED, Names
+from pgcelery.schema.names import LIMITED, Names
 
 #: Columns of a claimed row, in order (:func:`pgcelery.broker.delivery.sort_claimed` reads the
 #: first eight).

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from pgcelery.broker import limits
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

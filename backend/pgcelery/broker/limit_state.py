@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 #: Seconds a key's row stays after its last claim.
 IDLE_FOR = 3600

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 #: A message that is waiting: not deleted by stock kombu, and not leased (or its lease ran out).
 _READY = "visible AND visible_at <= now()"

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from pgcelery import dsn
-from pgcelery.schema.tables import MESSAGE_CHANNEL, Names
+from pgcelery.schema.names import MESSAGE_CHANNEL, Names
 from pgcelery.settings import Settings
 
 #: Seconds a channel trusts its copy of the paused set (a pause applies within this, well

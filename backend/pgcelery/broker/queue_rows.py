@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from pgcelery.broker.message_sql import MessageSql
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 
 def fence_key(schema: str = "public") -> int:

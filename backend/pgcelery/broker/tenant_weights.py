@@ -15,7 +15,7 @@ import psycopg
 
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
 
 #: The largest weight (the table's check constraint says the same).

@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-import sqlalchemy.exc
 from kombu.transport import virtual
 
 from pgcelery import dsn
@@ -32,7 +31,7 @@ from pgcelery.broker.caller_transaction import enqueue_using
 from pgcelery.broker.channel import Channel
 from pgcelery.exceptions import SchemaChangedWhileRunning, SchemaError
 from pgcelery.schema.check import check_schema
-from pgcelery.schema.tables import MESSAGE_CHANNEL
+from pgcelery.schema.names import MESSAGE_CHANNEL
 
 __all__ = ["Channel", "Transport", "enqueue_using", "install"]
 
@@ -61,8 +60,6 @@ class Transport(virtual.Transport):
         *virtual.Transport.connection_errors,
         psycopg.OperationalError,
         psycopg.InterfaceError,
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
         # A table or column gone from under a running process (a downgrade, a restore): retried
         # like an outage, see establish_connection.
         psycopg.errors.UndefinedTable,

@@ -32,7 +32,7 @@ from kombu.utils.json import dumps, loads
 from pgcelery.broker import limits
 from pgcelery.broker.caller_transaction import caller_connection, check_same_database
 from pgcelery.broker.delivery import due_at
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 Mode = Literal["keep", "replace"]
 MODES: tuple[str, ...] = ("keep", "replace")

@@ -15,7 +15,7 @@ from pgcelery.cli.environment import database_url
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.observability import stats
 from pgcelery.schema import migrations, preflight
-from pgcelery.schema.tables import VERSION_TABLE, Names
+from pgcelery.schema.names import VERSION_TABLE, Names
 from pgcelery.settings import MigrationSettings, Settings, warn_unknown_variables
 
 

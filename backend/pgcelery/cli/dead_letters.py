@@ -11,7 +11,7 @@ import psycopg
 from pgcelery import dsn
 from pgcelery.broker import dead_letters
 from pgcelery.cli.environment import duration
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
 
 

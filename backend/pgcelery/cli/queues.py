@@ -12,7 +12,7 @@ import psycopg
 from pgcelery import dsn
 from pgcelery.broker import pauses
 from pgcelery.observability import stats
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
 
 

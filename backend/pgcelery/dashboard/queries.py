@@ -18,7 +18,7 @@ from pgcelery import connections, dsn
 from pgcelery.broker import dead_letters
 from pgcelery.observability import backlog
 from pgcelery.observability.redaction import scrub
-from pgcelery.schema.tables import TENANT_OF_KWARGS, Names
+from pgcelery.schema.names import TENANT_OF_KWARGS, Names
 from pgcelery.settings import Settings
 
 #: Broker-internal queues (remote control, events) that are not task queues.

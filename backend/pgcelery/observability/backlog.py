@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pgcelery.schema.tables import LIMIT_STATE_TABLE, LIMITED, Names
+from pgcelery.schema.names import LIMIT_STATE_TABLE, LIMITED, Names
 
 #: Tenants listed per queue on the dashboard, and series of ``pgcelery_tenant_pending`` in one
 #: scrape (the biggest backlogs over all queues): tenant ids are unbounded, this keeps the

@@ -10,7 +10,6 @@ enough to probe every second. Reasons name the problem and never carry the passw
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -18,16 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, Literal
 
 from pgcelery.observability import backlog
 from pgcelery.observability.metrics import QueueStats
 from pgcelery.observability.redaction import scrub
-from pgcelery.schema import migrations
-from pgcelery.schema.tables import Names
+from pgcelery.schema import revisions
+from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,8 @@ class HealthReport:
         return body
 
 
-@functools.cache
 def _head() -> str:
-    return migrations.head()
+    return revisions.head()
 
 
 #: Where libpq's messages name the server and the role: /health is often reachable by more
@@ -121,6 +120,9 @@ class DatabaseProbe:
     """Runs the health checks and the broker statistics on a small pool of its own."""
 
     def __init__(self, settings: Settings) -> None:
+        # SQLAlchemy only here: a worker without the HTTP server never loads it.
+        import sqlalchemy as sa
+
         self.settings = settings
         self.names = Names(settings.schema_name)
         self.schema = settings.schema_name
@@ -141,6 +143,8 @@ class DatabaseProbe:
         self.last: HealthReport | None = None
 
     def _transaction(self, body: Callable[[sa.Connection], Any]) -> Any:
+        import sqlalchemy as sa
+
         with self.engine.connect() as connection, connection.begin():
             connection.execute(
                 sa.text("SELECT set_config('statement_timeout', :ms, true)"),
@@ -150,6 +154,8 @@ class DatabaseProbe:
 
     def check(self) -> HealthReport:
         """Run all three checks now; remembered as :attr:`last` for ``/metrics``."""
+        import sqlalchemy as sa
+
         started = time.perf_counter()
         results: dict[str, CheckResult] = {}
         try:
@@ -181,6 +187,8 @@ class DatabaseProbe:
         return report
 
     def _check_broker(self, connection: sa.Connection) -> CheckResult:
+        import sqlalchemy as sa
+
         try:
             with connection.begin_nested():
                 connection.execute(
@@ -196,7 +204,10 @@ class DatabaseProbe:
         return CheckResult("ok", "broker tables are readable")
 
     def _check_schema(self, connection: sa.Connection) -> CheckResult:
-        found = migrations.current_on(connection, self.schema)
+        recorded = revisions.recorded(
+            lambda sql, params: connection.exec_driver_sql(sql, params).fetchall(), self.schema
+        )
+        found = recorded[0] if recorded else None
         expected = _head()
         if found == expected:
             return CheckResult("ok", f"schema at {expected}")
@@ -210,6 +221,8 @@ class DatabaseProbe:
 
     def queue_stats(self) -> list[QueueStats]:
         """Ready, in-flight and oldest-ready age per queue, from the broker tables."""
+        import sqlalchemy as sa
+
         excluded = " AND ".join(
             f"q.name NOT LIKE :skip{i}" for i in range(len(_INTERNAL_QUEUE_PATTERNS))
         )

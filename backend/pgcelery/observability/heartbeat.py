@@ -22,7 +22,7 @@ import psycopg
 from celery import Celery, bootsteps
 
 from pgcelery import connections, dsn
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import settings_of
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ from celery import Celery, bootsteps
 from celery import signals as celery_signals
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
-from sqlalchemy.exc import SQLAlchemyError
 
 from pgcelery.observability import logging as json_logging
 from pgcelery.observability import metrics, signals
@@ -50,6 +49,7 @@ class ScrapeCollector:
 
     def collect(self) -> Iterator[Metric]:
         from celery.worker import state
+        from sqlalchemy.exc import SQLAlchemyError  # the probe's: loaded with it
 
         yield from metrics.worker_families(self.hostname, len(state.active_requests))
         try:

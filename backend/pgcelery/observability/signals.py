@@ -16,7 +16,6 @@ import threading
 import time
 from typing import Any
 
-import sqlalchemy as sa
 from celery import current_app, signals
 
 from pgcelery.exceptions import ForgedMessage
@@ -36,6 +35,9 @@ def activate(hostname: str) -> None:
     _STATE["hostname"] = hostname
     _STARTED.clear()
     _reset_pool_count()
+    # Only a worker with metrics on counts pool checkouts: it alone loads SQLAlchemy for it.
+    import sqlalchemy as sa
+
     if not sa.event.contains(sa.pool.Pool, "checkout", _on_checkout):
         sa.event.listen(sa.pool.Pool, "checkout", _on_checkout)
         sa.event.listen(sa.pool.Pool, "checkin", _on_checkin)

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 
 @dataclass(frozen=True)

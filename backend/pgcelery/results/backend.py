@@ -30,7 +30,7 @@ from pgcelery.observability import redaction
 from pgcelery.results import chords
 from pgcelery.results.deferred_start import DeferredStarts
 from pgcelery.results.waiters import Polling, ready_metas, waiters
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.tenancy.scope import current_tenant_id
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.

@@ -28,7 +28,7 @@ from celery.utils.functional import maybe_list
 from kombu.utils.json import loads
 
 from pgcelery.broker import limits
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

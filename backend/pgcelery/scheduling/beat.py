@@ -40,7 +40,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from pgcelery import dsn
 from pgcelery.broker.transport import enqueue_using
 from pgcelery.scheduling.leader import LeaderSession, LeadershipLost, leader_lock_key
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import settings_of
 
 __all__ = ["PgScheduler", "leader_lock_key", "run_id"]

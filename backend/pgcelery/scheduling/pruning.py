@@ -62,7 +62,7 @@ from pgcelery.results.retention import (
     expiry_seconds,
 )
 from pgcelery.scheduling.beat import prune_removed_entries
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import settings_of
 
 log = logging.getLogger(__name__)

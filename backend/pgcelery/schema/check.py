@@ -13,12 +13,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-import sqlalchemy.exc
+import psycopg
 
 from pgcelery import dsn
 from pgcelery.exceptions import SchemaBehind, SchemaError, SchemaNotMigrated
-from pgcelery.schema import migrations
+from pgcelery.schema import revisions
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +40,22 @@ class SchemaState:
 
 def inspect_schema(database_url: str, schema: str = "public") -> SchemaState:
     """Read the pgcelery revision of the database at ``database_url`` (pgcelery's or the host's
-    version table); connection failures propagate as SQLAlchemy ``OperationalError``."""
-    engine = sa.create_engine(dsn.sync_url(database_url), poolclass=sa.NullPool)
-    try:
-        with engine.connect() as connection:
-            try:
-                current = migrations.current_on(connection, schema)
-            except sqlalchemy.exc.ProgrammingError as exc:
-                # Typically: the version table exists but this role may not read it.
-                raise SchemaError(
-                    f"cannot read the pgcelery version table in schema {schema!r} of "
-                    f"{dsn.redact(database_url)} ({type(exc.orig).__name__}): "
-                    f"{_FIX} as the owner with PGCELERY_APP_ROLE set to this role"
-                ) from None
-    finally:
-        engine.dispose()
-    return SchemaState(current=current, expected=migrations.head())
+    version table); connection failures propagate as ``psycopg.OperationalError``."""
+    with psycopg.connect(dsn.libpq_url(database_url), autocommit=True) as conn:
+
+        def query(sql: str, params: dict[str, object]) -> list[tuple[object, ...]]:
+            return conn.execute(sql, params).fetchall()
+
+        try:
+            found = revisions.recorded(query, schema)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # The version table exists but this role may not read it.
+            raise SchemaError(
+                f"cannot read the pgcelery version table in schema {schema!r} of "
+                f"{dsn.redact(database_url)} ({type(exc).__name__}): "
+                f"{_FIX} as the owner with PGCELERY_APP_ROLE set to this role"
+            ) from None
+    return SchemaState(current=found[0] if found else None, expected=revisions.head())
 
 
 def check_schema(database_url: str, schema: str = "public") -> None:

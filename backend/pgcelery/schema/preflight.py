@@ -12,13 +12,12 @@ from enum import IntEnum
 from typing import Any
 
 import psycopg
-import sqlalchemy.exc
 
 from pgcelery import celery_overrides, dsn
 from pgcelery.exceptions import ConfigurationError, SchemaError
 from pgcelery.schema import roles as role_rights
 from pgcelery.schema.check import inspect_schema
-from pgcelery.schema.tables import (
+from pgcelery.schema.names import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,
@@ -152,7 +151,7 @@ def run_checks(
         except SchemaError as exc:
             report(Finding("schema", False, str(exc)))
             return Exit.PRIVILEGES
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+        except psycopg.Error as exc:
             report(Finding("schema", False, f"cannot read the schema: {_first_line(exc)}"))
             return Exit.UNREACHABLE
         if not state.at_head:

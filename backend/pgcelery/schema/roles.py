@@ -23,7 +23,7 @@ granted the app role the worker's set.
 
 from __future__ import annotations
 
-from pgcelery.schema.tables import (
+from pgcelery.schema.names import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,

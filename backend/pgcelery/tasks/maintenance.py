@@ -11,23 +11,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from celery import Task, shared_task
 
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.results.retention import PRUNE_BATCH, expiry_seconds, prune_expired
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 from pgcelery.settings import settings_of
 from pgcelery.tasks.maintenance_registry import Purpose, handlers
-from pgcelery.tenancy import db
 from pgcelery.tenancy.tasks import GlobalTask, tenant_task
 
 log = logging.getLogger(__name__)
 
 # The catalog quotes the name itself (format %I), so no configured text ever reaches SQL.
-_VIEW_INFO = sa.text(
-    """
+_VIEW_INFO = """
     SELECT format('%I.%I', n.nspname, c.relname) AS quoted,
            c.relispopulated AS populated,
            EXISTS (
@@ -38,7 +35,6 @@ _VIEW_INFO = sa.text(
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = to_regclass(:name) AND c.relkind = 'm'
     """
-)
 
 
 @shared_task(name="maintenance.refresh_materialized_views", bind=True, base=GlobalTask)
@@ -48,11 +44,16 @@ def refresh_materialized_views(self: Task) -> dict[str, list[str]]:
     ``CONCURRENTLY`` keeps the view readable during the refresh; Postgres allows it only for a
     populated view with a unique index on plain columns and no WHERE clause.
     """
+    # Through pgcelery.db (SQLAlchemy), loaded when this task runs, not by every worker.
+    import sqlalchemy as sa
+
+    from pgcelery.tenancy import db
+
     settings = settings_of(self.app)
     report: dict[str, list[str]] = {"concurrently": [], "blocking": [], "missing": []}
     for name in settings.materialized_views:
         with db.connection(settings) as conn:
-            info = conn.execute(_VIEW_INFO, {"name": name}).mappings().first()
+            info = conn.execute(sa.text(_VIEW_INFO), {"name": name}).mappings().first()
             if info is None:
                 report["missing"].append(name)
                 continue

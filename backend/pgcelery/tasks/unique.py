@@ -25,7 +25,7 @@ from celery.signals import task_postrun
 
 from pgcelery.broker.unique import HOLD_HEADER, MODES, UniqueSend, finish_hold, sending
 from pgcelery.exceptions import InvalidUniqueOption
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

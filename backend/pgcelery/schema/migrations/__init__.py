@@ -20,7 +20,8 @@ from alembic.script import ScriptDirectory
 
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.schema.tables import (
+from pgcelery.schema import revisions as shipped
+from pgcelery.schema.names import (
     BEAT_TABLE,
     BINDING_TABLE,
     BROADCAST_TABLE,
@@ -43,8 +44,7 @@ from pgcelery.settings import MigrationSettings
 HERE = Path(__file__).resolve().parent
 VERSIONS = HERE / "versions"
 BRANCH = "pgcelery"
-#: Where a host application's Alembic history records revisions, pgcelery's included.
-HOST_VERSION_TABLE = "alembic_version"
+HOST_VERSION_TABLE = shipped.HOST_VERSION_TABLE
 PGCELERY_TABLES = frozenset(
     {
         QUEUE_TABLE,
@@ -79,17 +79,14 @@ def config(database_url: str | None = None) -> Config:
     return cfg
 
 
-@cache
 def head() -> str:
     """The revision the code expects the database to be at."""
-    heads = ScriptDirectory.from_config(config()).get_heads()
-    assert len(heads) == 1, heads
-    return str(heads[0])
+    return shipped.head()
 
 
 @cache
 def revisions() -> frozenset[str]:
-    """Every revision id pgcelery ships."""
+    """Every revision id pgcelery ships, as Alembic reads its script directory."""
     return frozenset(rev.revision for rev in ScriptDirectory.from_config(config()).walk_revisions())
 
 
@@ -120,19 +117,9 @@ def _schema() -> str:
 
 def _recorded(connection: sa.Connection, schema: str) -> tuple[str, str] | None:
     """(pgcelery revision, version table it is recorded in), or ``None`` if never migrated."""
-    ours = revisions()
-    for table_schema, table in ((schema, VERSION_TABLE), (None, HOST_VERSION_TABLE)):
-        qualified = f'"{table_schema}"."{table}"' if table_schema else f'"{table}"'
-        exists = connection.execute(
-            sa.text("SELECT to_regclass(:name)"), {"name": qualified}
-        ).scalar()
-        if exists is None:
-            continue
-        found = connection.execute(sa.text(f"SELECT version_num FROM {qualified}")).scalars()
-        mine = [rev for rev in found if rev in ours]
-        if mine:
-            return str(mine[0]), table
-    return None
+    return shipped.recorded(
+        lambda sql, params: connection.exec_driver_sql(sql, params).fetchall(), schema
+    )
 
 
 def current_on(connection: sa.Connection, schema: str | None = None) -> str | None:

@@ -11,7 +11,8 @@ from alembic import context
 
 from pgcelery import dsn
 from pgcelery.exceptions import ConfigurationError
-from pgcelery.schema.tables import VERSION_TABLE, build_metadata
+from pgcelery.schema.names import VERSION_TABLE
+from pgcelery.schema.tables import build_metadata
 from pgcelery.settings import MigrationSettings
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from pgcelery.schema.tables import MESSAGE_CHANNEL, RESULT_CHANNEL
+from pgcelery.schema.names import MESSAGE_CHANNEL, RESULT_CHANNEL
 from pgcelery.settings import MigrationSettings
 
 BIGINT_IDS = ("kombu_message", "celery_taskmeta", "celery_tasksetmeta")

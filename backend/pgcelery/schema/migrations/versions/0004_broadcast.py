@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
-from pgcelery.schema.tables import BINDING_TABLE, BROADCAST_CHANNEL, BROADCAST_TABLE
+from pgcelery.schema.names import BINDING_TABLE, BROADCAST_CHANNEL, BROADCAST_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0004_broadcast"

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
-from pgcelery.schema.tables import BEAT_TABLE, DEAD_LETTER_TABLE, QUEUE_TABLE
+from pgcelery.schema.names import BEAT_TABLE, DEAD_LETTER_TABLE, QUEUE_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0008_dead_letters"

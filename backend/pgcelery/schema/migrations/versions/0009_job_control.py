@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
-from pgcelery.schema.tables import PAUSE_TABLE, UNIQUE_HOLD_TABLE
+from pgcelery.schema.names import PAUSE_TABLE, UNIQUE_HOLD_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0009_job_control"

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
+from pgcelery.schema.names import BROADCAST_TABLE, MESSAGE_TABLE, TASK_TABLE
 from pgcelery.schema.roles import CONTROL_EXCHANGE_SUFFIX, RIGHTS
-from pgcelery.schema.tables import BROADCAST_TABLE, MESSAGE_TABLE, TASK_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0010_security_roles"

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
+from pgcelery.schema.names import CHORD_PART_TABLE, CHORD_TABLE
 from pgcelery.schema.roles import CHORD_RIGHTS
-from pgcelery.schema.tables import CHORD_PART_TABLE, CHORD_TABLE
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0011_chords"

@@ -37,8 +37,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pgcelery.schema.migrations.grants import grant
-from pgcelery.schema.roles import LIMIT_RIGHTS
-from pgcelery.schema.tables import (
+from pgcelery.schema.names import (
     LIMIT_GROUP,
     LIMIT_STATE_TABLE,
     LIMITED,
@@ -47,6 +46,7 @@ from pgcelery.schema.tables import (
     TENANT_WEIGHT_TABLE,
     UNLIMITED,
 )
+from pgcelery.schema.roles import LIMIT_RIGHTS
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0012_fair_limits"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from pgcelery.schema.tables import MESSAGE_TABLE, UNREAD_MESSAGE_INDEXES
+from pgcelery.schema.names import MESSAGE_TABLE, UNREAD_MESSAGE_INDEXES
 from pgcelery.settings import MigrationSettings
 
 revision: str = "0013_lean_message_indexes"
