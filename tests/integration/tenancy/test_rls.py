@@ -83,7 +83,10 @@ def test_interleaved_tasks_of_five_tenants_never_see_each_others_rows(
         seen = result.get(timeout=TIMEOUT)
         backend_pids.add(seen["backend_pid"])
         if sender is None:
-            assert (seen["tenant_id"], seen["rows"], seen["tenant_guc"]) == (None, 0, "")
+            # '' after a tenant task ended on the connection, NULL if none ran on it yet: fair
+            # share may claim a global task before the tenants' tasks sent ahead of it.
+            assert (seen["tenant_id"], seen["rows"]) == (None, 0)
+            assert not seen["tenant_guc"]
         else:
             assert seen["tenant_id"] == seen["tenant_guc"] == str(sender)
             assert seen["tenants"] == [str(sender)]
