@@ -28,7 +28,7 @@ from psycopg import sql
 from pgcelery import event_loops
 from pgcelery.exceptions import ConfigurationError
 from pgcelery.results.backend import PgBackend
-from pgcelery.schema.tables import RESULT_CHANNEL
+from pgcelery.schema.names import RESULT_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult, GroupResult, ResultSet, allow_join_result, result_from_tuple
 
 from pgcelery.broker.caller_transaction import enqueue_using
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 log = logging.getLogger(__name__)
 

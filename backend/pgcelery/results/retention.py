@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from pgcelery import connections
-from pgcelery.schema.tables import Names
+from pgcelery.schema.names import Names
 
 #: Rows deleted per statement: small enough that no statement holds locks for long.
 PRUNE_BATCH = 1000

@@ -19,7 +19,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from pgcelery.broker import listener
-from pgcelery.schema.tables import RESULT_CHANNEL
+from pgcelery.schema.names import RESULT_CHANNEL
 
 #: Seconds a process keeps listening for results after its last waiter is done.
 IDLE_RELEASE = 30.0

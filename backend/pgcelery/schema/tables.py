@@ -7,8 +7,6 @@ Migrations create these tables; nothing here ever runs ``create_all``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -19,41 +17,81 @@ from kombu.transport.sqlalchemy.models import ModelBase, class_registry
 from kombu.transport.sqlalchemy.models import Queue as QueueBase
 from sqlalchemy.dialects import postgresql
 
-QUEUE_TABLE = "kombu_queue"
-MESSAGE_TABLE = "kombu_message"
-TASK_TABLE = "celery_taskmeta"
-GROUP_TABLE = "celery_tasksetmeta"
-BROADCAST_TABLE = "pgcelery_broadcast"
-BINDING_TABLE = "pgcelery_binding"
-WORKER_TABLE = "pgcelery_worker"
-BEAT_TABLE = "pgcelery_beat"
-DEAD_LETTER_TABLE = "pgcelery_dead_letter"
-UNIQUE_HOLD_TABLE = "pgcelery_unique_hold"
-PAUSE_TABLE = "pgcelery_queue_pause"
-CHORD_TABLE = "pgcelery_chord"
-CHORD_PART_TABLE = "pgcelery_chord_part"
-TENANT_WEIGHT_TABLE = "pgcelery_tenant_weight"
-LIMIT_STATE_TABLE = "pgcelery_limit_state"
-#: A message's group for the fair claim: its tenant, or ``''`` for a global task.
-TENANT_GROUP = "coalesce(m.tenant_id, '')"
-#: A message under no concurrency or rate limit (the fair claim's), and one under a limit.
-UNLIMITED = "m.concurrency_key IS NULL AND m.rate_key IS NULL"
-LIMITED = "(m.concurrency_key IS NOT NULL OR m.rate_key IS NOT NULL)"
-#: A limited message's key for the limited claim's rotation.
-LIMIT_GROUP = "coalesce(m.concurrency_key, m.rate_key)"
-#: NOTIFY channels: one for "a queue has a new message", one for "a result is ready".
-MESSAGE_CHANNEL = "pgcelery_message"
-RESULT_CHANNEL = "pgcelery_result"
-#: NOTIFY channel for "a broadcast was published"; the payload is the exchange name.
-BROADCAST_CHANNEL = "pgcelery_broadcast"
-#: The tenant id in a result's stored kwargs (JSON bytes), as revision 0006 indexes it: an
-#: immutable expression that never raises, whatever bytes the column holds. Spelled the way
-#: PostgreSQL prints it back, so the no-drift comparison with the database matches.
-TENANT_OF_KWARGS = (
-    '"substring"(encode(kwargs, \'escape\'::text), \'"tenant_id": *"?([^",}]+)\'::text)'
+from pgcelery.schema.names import (
+    BEAT_TABLE as BEAT_TABLE,
 )
-#: The Alembic version table pgcelery uses when it migrates on its own.
-VERSION_TABLE = "pgcelery_alembic_version"
+from pgcelery.schema.names import (
+    BINDING_TABLE as BINDING_TABLE,
+)
+from pgcelery.schema.names import (
+    BROADCAST_CHANNEL as BROADCAST_CHANNEL,
+)
+from pgcelery.schema.names import (
+    BROADCAST_TABLE as BROADCAST_TABLE,
+)
+from pgcelery.schema.names import (
+    CHORD_PART_TABLE as CHORD_PART_TABLE,
+)
+from pgcelery.schema.names import (
+    CHORD_TABLE as CHORD_TABLE,
+)
+from pgcelery.schema.names import (
+    DEAD_LETTER_TABLE as DEAD_LETTER_TABLE,
+)
+from pgcelery.schema.names import (
+    GROUP_TABLE as GROUP_TABLE,
+)
+from pgcelery.schema.names import (
+    LIMIT_GROUP as LIMIT_GROUP,
+)
+from pgcelery.schema.names import (
+    LIMIT_STATE_TABLE as LIMIT_STATE_TABLE,
+)
+from pgcelery.schema.names import (
+    LIMITED as LIMITED,
+)
+from pgcelery.schema.names import (
+    MESSAGE_CHANNEL as MESSAGE_CHANNEL,
+)
+from pgcelery.schema.names import (
+    MESSAGE_TABLE as MESSAGE_TABLE,
+)
+from pgcelery.schema.names import (
+    PAUSE_TABLE as PAUSE_TABLE,
+)
+from pgcelery.schema.names import (  # re-exported: the old import path keeps working
+    QUEUE_TABLE as QUEUE_TABLE,
+)
+from pgcelery.schema.names import (
+    RESULT_CHANNEL as RESULT_CHANNEL,
+)
+from pgcelery.schema.names import (
+    TASK_TABLE as TASK_TABLE,
+)
+from pgcelery.schema.names import (
+    TENANT_GROUP as TENANT_GROUP,
+)
+from pgcelery.schema.names import (
+    TENANT_OF_KWARGS as TENANT_OF_KWARGS,
+)
+from pgcelery.schema.names import (
+    TENANT_WEIGHT_TABLE as TENANT_WEIGHT_TABLE,
+)
+from pgcelery.schema.names import (
+    UNIQUE_HOLD_TABLE as UNIQUE_HOLD_TABLE,
+)
+from pgcelery.schema.names import (
+    UNLIMITED as UNLIMITED,
+)
+from pgcelery.schema.names import (
+    VERSION_TABLE as VERSION_TABLE,
+)
+from pgcelery.schema.names import (
+    WORKER_TABLE as WORKER_TABLE,
+)
+from pgcelery.schema.names import (
+    Names as Names,
+)
 
 
 def _kombu_model(name: str, base: type, tablename: str) -> sa.Table:
@@ -339,83 +377,3 @@ def _add_fair_limits(md: sa.MetaData, message: sa.Table, target: str | None) -> 
         schema=target,
     )
     sa.Index("ix_pgcelery_limit_state_touched_at", state.c.touched_at)
-
-
-@dataclass(frozen=True)
-class Names:
-    """Schema-qualified, quoted identifiers for raw SQL; the schema is a validated identifier."""
-
-    schema: str = "public"
-
-    def _q(self, name: str) -> str:
-        return f'"{self.schema}"."{name}"'
-
-    @cached_property
-    def queue(self) -> str:
-        return self._q(QUEUE_TABLE)
-
-    @cached_property
-    def message(self) -> str:
-        return self._q(MESSAGE_TABLE)
-
-    @cached_property
-    def task(self) -> str:
-        return self._q(TASK_TABLE)
-
-    @cached_property
-    def group(self) -> str:
-        return self._q(GROUP_TABLE)
-
-    @cached_property
-    def broadcast(self) -> str:
-        return self._q(BROADCAST_TABLE)
-
-    @cached_property
-    def binding(self) -> str:
-        return self._q(BINDING_TABLE)
-
-    @cached_property
-    def worker(self) -> str:
-        return self._q(WORKER_TABLE)
-
-    @cached_property
-    def beat(self) -> str:
-        return self._q(BEAT_TABLE)
-
-    @cached_property
-    def dead_letter(self) -> str:
-        return self._q(DEAD_LETTER_TABLE)
-
-    @cached_property
-    def chord(self) -> str:
-        return self._q(CHORD_TABLE)
-
-    @cached_property
-    def chord_part(self) -> str:
-        return self._q(CHORD_PART_TABLE)
-
-    @cached_property
-    def unique_hold(self) -> str:
-        return self._q(UNIQUE_HOLD_TABLE)
-
-    @cached_property
-    def pause(self) -> str:
-        return self._q(PAUSE_TABLE)
-
-    @cached_property
-    def tenant_weight(self) -> str:
-        return self._q(TENANT_WEIGHT_TABLE)
-
-    @cached_property
-    def limit_state(self) -> str:
-        return self._q(LIMIT_STATE_TABLE)
-
-    def function(self, name: str) -> str:
-        return self._q(name)
-
-    def sequence(self, name: str) -> str:
-        return self._q(name)
-
-    @cached_property
-    def version_table(self) -> str:
-        return self._q(VERSION_TABLE)
