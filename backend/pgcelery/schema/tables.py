@@ -1,4 +1,5 @@
-"""The tables pgcelery owns, as SQLAlchemy metadata, and their names as safe SQL identifiers.
+"""The tables pgcelery owns, as SQLAlchemy metadata; their names (defined in
+:mod:`pgcelery.schema.names`, importable without SQLAlchemy) are re-exported here.
 
 The metadata starts from kombu's and Celery's own models (so an upgrade of either that changes
 a model shows up as drift against the migrations) and adds the columns pgcelery's broker needs.
