@@ -26,10 +26,10 @@ _WARNED_LOCK = threading.Lock()
 
 def dotenv_values(path: str = DOTENV) -> dict[str, str]:
     """The variables of the dotenv file ``path`` (none when it does not exist)."""
-    from dotenv import dotenv_values as read
-
     if not Path(path).is_file():
         return {}
+    from dotenv import dotenv_values as read  # only when there is a file to read
+
     return {k: v for k, v in read(path, encoding="utf-8").items() if v is not None}
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference" / "settings.md"
 EXAMPLE = ROOT / ".env.example"
 
-VARIABLES = {env_name(field): field for field in Settings.model_fields}
+VARIABLES = {env_name(field): field for field in Settings.FIELDS}
 
 
 def documented() -> dict[str, str]:
@@ -53,9 +53,9 @@ def test_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     for variable in os.environ:
         if variable == "DATABASE_URL" or variable.startswith("PGCELERY_"):
             monkeypatch.delenv(variable)
-    from_example = Settings(_env_file=EXAMPLE)  # type: ignore[call-arg]
+    from_example = Settings(_env_file=EXAMPLE)
     for variable, field in VARIABLES.items():
         if variable == "DATABASE_URL":
             continue
-        default = Settings.model_fields[field].get_default(call_default_factory=True)
+        default = Settings.FIELDS[field].default_value()
         assert getattr(from_example, field) == default, variable

@@ -3,7 +3,7 @@
 Per event loop and database, one async ``LISTEN`` connection wakes every waiter of the loop
 (no thread per waiter: a waiter is an ``asyncio.Event``) and one reader connection reads the
 rows of every waiter woken at once in a single ``WHERE task_id = ANY(...)``. The rows are
-decoded by Celery's own code (:meth:`PgBackend.meta_from_row`), and a ready result is put in
+decoded as Celery decodes them (:meth:`PgBackend.meta_from_row`), and a ready result is put in
 the ``AsyncResult``'s cache, so ``aget`` returns and raises exactly what ``get()`` does.
 
 Waiters also read again every ``interval`` seconds (the fallback when a notification was

@@ -1,59 +1,42 @@
-"""The result backend: Celery's ``db+`` backend on pooled connections, woken by NOTIFY.
+"""The result backend: Celery's ``db+`` result tables on pooled psycopg connections, woken by
+NOTIFY, without SQLAlchemy.
 
-Stock ``DatabaseBackend`` opens a new connection for every result outside a forked worker,
-takes three round trips to store one, creates tables on first use, and ``AsyncResult.get()``
-polls every half second. This subclass keeps Celery's tables, encoding and semantics (a stored
-SUCCESS is never overwritten) and changes how: one engine per process, an UPDATE-or-INSERT,
-no table creation ever, and waiting on the result trigger's NOTIFY.
+Stock ``DatabaseBackend`` goes through SQLAlchemy's ORM (about 21 MB of every worker process),
+opens a new connection for every result outside a forked worker, takes three round trips to
+store one, creates tables on first use, and ``AsyncResult.get()`` polls every half second. This
+backend keeps its tables, the encoding of every column (:mod:`pgcelery.results.task_rows`,
+:mod:`pgcelery.results.group_rows`), its semantics (a stored SUCCESS is never overwritten) and
+its retry defaults, and changes how: plain SQL on the process's psycopg pool, an
+UPDATE-or-INSERT, no table creation ever, and waiting on the result trigger's NOTIFY.
 """
 
 from __future__ import annotations
 
-import contextvars
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from functools import cached_property, partial
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from celery import states
-from celery.backends.database import DatabaseBackend
+from celery.backends.base import BaseBackend
+from celery.exceptions import ImproperlyConfigured
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from kombu.utils.encoding import ensure_bytes
+from celery.utils.time import maybe_timedelta
 from psycopg_pool import PoolTimeout
-from sqlalchemy.orm import Session, sessionmaker
 
 from pgcelery import connections, dsn
 from pgcelery.observability import redaction
-from pgcelery.results import chords
+from pgcelery.results import chords, retention
 from pgcelery.results.deferred_start import DeferredStarts
+from pgcelery.results.group_rows import GroupRows
+from pgcelery.results.task_rows import TaskRows
 from pgcelery.results.waiters import Polling, ready_metas, waiters
 from pgcelery.schema.names import Names
 from pgcelery.tenancy.scope import current_tenant_id
 
 #: Errors after which Celery's backend retry (``result_backend_always_retry``) tries again.
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
-
-#: A row read elsewhere, given to Celery's decoding instead of a read (see meta_from_row).
-_READ_ELSEWHERE: contextvars.ContextVar[tuple[str, tuple[Any, ...] | None] | None] = (
-    contextvars.ContextVar("pgcelery_row_read_elsewhere", default=None)
-)
-_ENGINES: dict[tuple[int, str], tuple[sa.Engine, sessionmaker[Session]]] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _engine(url: str, options: dict[str, Any]) -> tuple[sa.Engine, sessionmaker[Session]]:
-    # Keyed by pid: a prefork child must never use its parent's pooled connections.
-    key = (os.getpid(), url)
-    with _ENGINES_LOCK:
-        found = _ENGINES.get(key)
-        if found is None:
-            engine = sa.create_engine(url, **options)
-            found = _ENGINES[key] = (engine, sessionmaker(bind=engine))
-        return found
-
 
 _DEFERRED: dict[float, DeferredStarts] = {}
 
@@ -66,30 +49,70 @@ def _deferred_starts(delay: float) -> DeferredStarts:
     return found
 
 
-class PgBackend(DatabaseBackend):
+class PgBackend(BaseBackend):
     """Celery's database result backend, made fast and schema-safe for PostgreSQL."""
 
     #: Groups are read in one query per round (``get_many``), and chords joined natively.
     supports_native_join = True
+    #: ``ResultSet.iterate``'s pause between members, as Celery's ``DatabaseBackend``.
+    subpolling_interval = 0.5
+    #: Set by Celery's ``Backend.__init__`` from ``result_backend_always_retry`` and
+    #: ``result_backend_max_retries``; ``None`` when the app set them to None.
+    always_retry: bool | None
+    max_retries: float | None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Never create or alter tables: migrations own the schema.
-        self.session_manager.prepared = True
-        self._sync_url = self.url
+    def __init__(
+        self,
+        dburi: str | None = None,
+        engine_options: dict[str, Any] | None = None,
+        url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # ``dburi`` and ``engine_options`` are DatabaseBackend's arguments (its pickled form
+        # passes them); there is no engine, so its options go unused.
+        super().__init__(expires_type=maybe_timedelta, url=url, **kwargs)
+        conf = self.app.conf
+        # DatabaseBackend's retry defaults (always retry, 3 times) unless the app set its own.
+        if not conf.value_set_for("result_backend_always_retry") or self.always_retry is None:
+            self.always_retry = True
+        if not conf.value_set_for("result_backend_max_retries") or self.max_retries is None:
+            self.max_retries = 3
+        self.url = url or dburi or conf.database_url
+        if not self.url:
+            raise ImproperlyConfigured(
+                "Missing connection string! Do you have the database_url setting set to a real"
+                " value?"
+            )
         self._conninfo = dsn.libpq_url(self.url)
-        self._task_table: sa.Table = self.task_cls.__table__
+        # The tables' schemas as Celery reads them; their names are the migrations' own
+        # (``database_table_names`` is not followed: no migration makes other tables).
+        schemas = conf.database_table_schemas or {}
+        names = Names(schemas.get("task") or "public")
+        self.task_rows = TaskRows(self, names, extended=bool(self.extended_result))
+        group_names = Names(schemas.get("group") or "public")
+        self._groups = GroupRows(self, group_names)
+        #: What cleanup() deletes expired results from.
+        self._result_tables = (names.task, group_names.group)
         settings = getattr(self.app, "pgcelery_settings", None)
         # A result lost in a server crash is rewritten when the (also lost) ack makes the task
         # run again: WAL order puts the result's commit before the ack's.
         self._async_commit = bool(getattr(settings, "worker_async_commit", False))
-        options = self.app.conf.broker_transport_options or {}
+        options = conf.broker_transport_options or {}
         self._transaction_pooling = not bool(options.get("listen", True))
         delay = float(getattr(settings, "started_state_delay", 0.0))
         self._deferred_starts = _deferred_starts(delay) if delay > 0 else None
-        self._chord_sql = chords.ChordSql(Names(self._task_table.schema or "public"))
+        self._chord_sql = chords.ChordSql(names)
         # The chord a thread's last stored result counted in, and whether it completed it.
         self._counted = threading.local()
+
+    @property
+    def extended_result(self) -> bool:
+        return bool(self.app.conf.find_value_for_key("extended", "result"))
+
+    def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        kwargs.update({"dburi": self.url, "expires": self.expires})
+        return super().__reduce__(args, kwargs)
 
     def _pool(self, async_commit: bool = False) -> Any:
         return connections.pool(
@@ -98,15 +121,8 @@ class PgBackend(DatabaseBackend):
             transaction_pooling=self._transaction_pooling,
         )
 
-    def _create_tables(self) -> None:
-        # Celery calls this from DatabaseBackend.__init__ when database_create_tables_at_setup
-        # is on (its default, so on any app not made by create_app): migrations own the schema.
-        return None
-
-    def ResultSession(self, session_manager: Any = None) -> Session:
-        options = {k: v for k, v in self.engine_options.items() if k != "poolclass"}
-        _, factory = _engine(self._sync_url, options)
-        return factory()
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, RETRYABLE)
 
     def on_backend_retryable_error(self, exc: Exception) -> None:
         connections.reset(self._conninfo)
@@ -152,10 +168,7 @@ class PgBackend(DatabaseBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> None:
-        # Let Celery fill a detached row object, so the encoding of every column is its own.
-        row = self.task_cls(task_id)
-        self._update_result(row, result, state, traceback=traceback, request=request)
-        values = [getattr(row, name) for name in self._columns]
+        values = self.task_rows.values(result, state, traceback=traceback, request=request)
         # The tenant the task runs for (bound by pgcelery.tenancy from its signed headers), for
         # row-level security on celery_taskmeta; None for a global task.
         values.append(current_tenant_id())
@@ -164,7 +177,7 @@ class PgBackend(DatabaseBackend):
             self._store_chord_part(task_id, group_id, values)
             return
         with self._pool(async_commit=self._async_commit).connection() as conn:
-            conn.execute(self._sql_upsert, (task_id, *values))
+            conn.execute(self.task_rows.sql_upsert, (task_id, *values))
 
     def _store_chord_part(self, task_id: str, group_id: str, values: list[Any]) -> None:
         """Store a chord header task's result and count it, in one statement."""
@@ -177,102 +190,89 @@ class PgBackend(DatabaseBackend):
         self._counted.ready = bool(found and found[0])
 
     @cached_property
-    def _mapped(self) -> tuple[str, ...]:
-        # Not the table's columns: Celery's TaskExtended extends the very Table object its plain
-        # Task maps, so with result_extended off the table has columns the row class lacks.
-        return tuple(c.name for c in sa.inspect(self.task_cls).columns)
-
-    @cached_property
-    def _columns(self) -> tuple[str, ...]:
-        skip = {"id", "task_id", "date_done"}
-        return tuple(name for name in self._mapped if name not in skip)
-
-    def _upsert(self, task: str, params: list[str]) -> str:
-        # One statement, one round trip: insert, or update unless a SUCCESS is already stored
-        # (Celery's rule: a repeated run never replaces a stored result).
-        names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{c}"' for c in (*self._columns, "tenant_id"))
-        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*self._columns, "date_done"))
-        updates += ", tenant_id = coalesce(EXCLUDED.tenant_id, t.tenant_id)"
-        return (
-            f"INSERT INTO {names.task} AS t (id, task_id, {columns}, date_done)"
-            f" VALUES (nextval('{names.sequence('task_id_sequence')}'), {task},"
-            f" {', '.join(params)}, now() AT TIME ZONE 'UTC')"
-            f" ON CONFLICT (task_id) DO UPDATE SET {updates} WHERE t.status <> 'SUCCESS'"
-        )
-
-    @cached_property
-    def _sql_upsert(self) -> str:
-        return self._upsert("%s", ["%s"] * (len(self._columns) + 1))  # + tenant_id
-
-    @cached_property
     def _sql_store_and_count(self) -> str:
-        named = [f"%(v{i})s" for i in range(len(self._columns) + 1)]  # + tenant_id
-        return self._chord_sql.count_with(self._upsert("%(task)s", named))
+        named = [f"%(v{i})s" for i in range(len(self.task_rows.columns) + 1)]  # + tenant_id
+        return self._chord_sql.count_with(self.task_rows.upsert("%(task)s", named))
 
-    @cached_property
-    def _sql_select(self) -> str:
-        names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{name}"' for name in self._mapped)
-        return f"SELECT {columns} FROM {names.task} WHERE task_id = %s"
-
-    @cached_property
+    @property
     def sql_select_many(self) -> str:
         """Params: task ids. Rows of those tasks: ``task_id``, then :meth:`meta_from_row`'s."""
-        names = Names(self._task_table.schema or "public")
-        columns = ", ".join(f'"{name}"' for name in self._mapped)
-        return f"SELECT task_id, {columns} FROM {names.task} WHERE task_id = ANY(%s)"
+        return self.task_rows.sql_select_many
 
     def meta_from_row(self, task_id: str, found: tuple[Any, ...] | None) -> dict[str, Any]:
-        """Celery's own decoding of a row read elsewhere (in batches: get_many, the async
-        waiters)."""
-        token = _READ_ELSEWHERE.set((task_id, found))
-        try:
-            meta: dict[str, Any] = self._get_task_meta_for(task_id)
-        finally:
-            _READ_ELSEWHERE.reset(token)
-        return meta
-
-    def _query_task(self, session: Any, task_id: str, for_update: bool = False) -> Any:
-        # Celery's _get_task_meta_for decodes whatever this returns; read it on the pool.
-        elsewhere = _READ_ELSEWHERE.get()
-        if elsewhere is not None and elsewhere[0] == task_id:
-            found = elsewhere[1]
-        else:
-            found = self._read_task(task_id)
-        if found is None:
-            return None
-        row = self.task_cls(task_id)
-        for name, value in zip(self._mapped, found, strict=True):
-            setattr(row, name, value)
-        return row
+        """A row read elsewhere (in batches: get_many, the async waiters) decoded into meta."""
+        return self.task_rows.meta(task_id, found)
 
     def _read_task(self, task_id: str) -> tuple[Any, ...] | None:
         if self._deferred_starts is not None:
             self._deferred_starts.flush(task_id)
         with self._pool().connection() as conn:
-            found: tuple[Any, ...] | None = conn.execute(self._sql_select, (task_id,)).fetchone()
+            found: tuple[Any, ...] | None = conn.execute(
+                self.task_rows.sql_select, (task_id,)
+            ).fetchone()
         return found
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        return self.task_rows.meta(task_id, self._read_task(task_id))
 
     def _metas(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored state of every one of ``task_ids``, read in one query."""
         if len(task_ids) == 1:  # AsyncResult.get(): the plain equality (= ANY cost 0.08 ms more)
-            found_one = self._read_task(task_ids[0])
-            return {task_ids[0]: self.meta_from_row(task_ids[0], found_one)}
+            return {task_ids[0]: self._get_task_meta_for(task_ids[0])}
         if self._deferred_starts is not None:
             for task_id in task_ids:
                 self._deferred_starts.flush(task_id)
         with self._pool().connection() as conn:
-            rows = conn.execute(self.sql_select_many, (task_ids,)).fetchall()
+            rows = conn.execute(self.task_rows.sql_select_many, (task_ids,)).fetchall()
         found = {row[0]: tuple(row[1:]) for row in rows}
         return {task_id: self.meta_from_row(task_id, found.get(task_id)) for task_id in task_ids}
 
-    def exception_safe_to_retry(self, exc: BaseException) -> bool:
-        return isinstance(exc, RETRYABLE) or bool(super().exception_safe_to_retry(exc))
+    def task_result_exists(self, task_id: str) -> bool:
+        return bool(self._ensure_retryable(self._task_result_exists, task_id))
 
-    def _decode_stored_result(self, payload: Any) -> Any:
-        # Stock falls back to pickle.loads for rows that do not decode: never unpickle here.
-        return None if payload is None else self.decode(ensure_bytes(payload))
+    def _task_result_exists(self, task_id: str) -> bool:
+        if self._deferred_starts is not None:
+            self._deferred_starts.flush(task_id)
+        with self._pool().connection() as conn:
+            return conn.execute(self.task_rows.sql_exists, (task_id,)).fetchone() is not None
+
+    def _forget(self, task_id: str) -> None:
+        if self._deferred_starts is not None:
+            self._deferred_starts.settle(task_id)  # a STARTED held back must not bring it back
+        with self._pool().connection() as conn:
+            conn.execute(self.task_rows.sql_forget, (task_id,))
+
+    # -- groups (pgcelery.results.group_rows) ----------------------------------------------------
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        with self._pool().connection() as conn:
+            self._groups.save(conn, group_id, result)
+        return result
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        with self._pool().connection() as conn:
+            return self._groups.restore(conn, group_id)
+
+    def _delete_group(self, group_id: str) -> None:
+        with self._pool().connection() as conn:
+            self._groups.delete(conn, group_id)
+
+    # -- expiry ----------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Delete the task and group results older than ``result_expires`` (Celery's
+        ``celery.backend_cleanup``), in batches (:mod:`pgcelery.results.retention`)."""
+        self._ensure_retryable(self._cleanup)
+
+    def _cleanup(self) -> None:
+        seconds = retention.expiry_seconds(self.expires)
+        for table in self._result_tables:
+            while True:
+                # A connection per batch: autocommit, so each batch commits on its own.
+                with self._pool().connection() as conn:
+                    deleted = retention.delete_expired(conn, table, seconds, retention.PRUNE_BATCH)
+                if deleted < retention.PRUNE_BATCH:
+                    break
 
     def wait_for(
         self,

@@ -85,23 +85,21 @@ def revoke_waiting(app: Any, task_ids: Iterable[str], reason: str = "revoked") -
     """
     ids = [str(t) for t in task_ids if t]
     backend = app.backend
-    if not ids or not hasattr(backend, "_sql_upsert"):
+    rows = getattr(backend, "task_rows", None)  # None: not pgcelery's result backend
+    if not ids or rows is None:
         return []
     names = Names(getattr(app.pgcelery_settings, "schema_name", "public"))
     revoked: list[str] = []
     with backend._pool().connection() as conn, conn.transaction():
-        rows = conn.execute(_delete_sql(names), (ids,)).fetchall()
-        for task_id, payload, queue in rows:
-            row = backend.task_cls(task_id)
-            backend._update_result(
-                row,
+        deleted = conn.execute(_delete_sql(names), (ids,)).fetchall()
+        for task_id, payload, queue in deleted:
+            values = rows.values(
                 backend.prepare_exception(TaskRevokedError(reason)),
                 "REVOKED",
                 request=_request(task_id, payload, queue),
             )
-            values = [getattr(row, name) for name in backend._columns]
             values.append(_tenant_of(payload))  # the result's tenant_id, for row-level security
-            conn.execute(backend._sql_upsert, (task_id, *values))
+            conn.execute(rows.sql_upsert, (task_id, *values))
             revoked.append(task_id)
         conn.execute(_mark_sql(names), (ids,))
     if revoked:
