@@ -64,3 +64,39 @@ def test_queue_stats_count_ready_and_in_flight_messages(app: Celery, settings: S
     assert stats["celery"].in_flight == 1
     assert stats["celery"].oldest_ready_age is not None
     assert 0 <= stats["celery"].oldest_ready_age < 60
+
+
+def test_a_dropped_connection_fails_the_check_and_the_next_one_reconnects(
+    settings: Settings,
+) -> None:
+    probe = DatabaseProbe(settings)
+    try:
+        assert probe.check().ok
+        with psycopg.connect(libpq(settings.database_url), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        dropped = probe.check()
+        again = probe.check()
+    finally:
+        probe.close()
+    # The pooled connection was gone: nothing could be checked on it, as when unreachable.
+    assert dropped.failing == ["database"]
+    assert dropped.checks["database"].detail.startswith("PostgreSQL is unreachable:")
+    assert again.ok
+
+
+def test_poll_only_mode_prepares_no_statements(settings: Settings) -> None:
+    # Behind PgBouncer in transaction pooling mode (PGCELERY_LISTEN=false) a statement
+    # prepared on one server connection is unknown on the next.
+    probe = DatabaseProbe(Settings(DATABASE_URL=settings.database_url, PGCELERY_LISTEN=False))
+    try:
+        for _ in range(8):  # psycopg prepares after five runs by default
+            assert probe.check().ok
+            probe.queue_stats()
+        with probe.pool.connection() as connection:
+            prepared = connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    finally:
+        probe.close()
+    assert prepared == (0,)

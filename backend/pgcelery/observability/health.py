@@ -15,19 +15,21 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pgcelery import connections, dsn
 from pgcelery.observability import backlog
 from pgcelery.observability.metrics import QueueStats
 from pgcelery.observability.redaction import scrub
 from pgcelery.schema import revisions
 from pgcelery.schema.names import Names
 from pgcelery.settings import Settings
-
-if TYPE_CHECKING:
-    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def anonymous(text: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     # psycopg puts the server's message on the first line; the rest is hints and context.
+    # (``orig``: the psycopg error inside a SQLAlchemy one, for callers that pass those.)
     first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     text = first[0] if first else ""
     return anonymous(scrub(f"{type(exc).__name__}: {text}"))[:_MAX_REASON]
@@ -120,54 +123,67 @@ class DatabaseProbe:
     """Runs the health checks and the broker statistics on a small pool of its own."""
 
     def __init__(self, settings: Settings) -> None:
-        # SQLAlchemy only here: a worker without the HTTP server never loads it.
-        import sqlalchemy as sa
-
         self.settings = settings
         self.names = Names(settings.schema_name)
         self.schema = settings.schema_name
         self.timeout_ms = max(1, round(settings.health_timeout * 1000))
-        self.engine = sa.create_engine(
-            settings.sync_url,
-            pool_size=1,
-            max_overflow=2,
-            pool_timeout=settings.health_timeout,
-            # libpq counts whole seconds and treats anything below 2 as 2.
-            connect_args={
-                "connect_timeout": max(2, math.ceil(settings.health_timeout)),
-                # Behind PgBouncer in transaction pooling mode: no server-side prepared statements.
-                **({} if settings.listen else {"prepare_threshold": None}),
-            },
+        self.conninfo = dsn.libpq_url(settings.sync_url)
+        # Autocommit, so each check's transaction is the explicit one below; behind PgBouncer
+        # (poll-only mode) no server-side prepared statements. No server settings: the
+        # probe's queries are not the hot path INDEX_PLANS is for.
+        kwargs = connections.connect_kwargs(transaction_pooling=not settings.listen)
+        kwargs.pop("options", None)
+        # libpq counts whole seconds and treats anything below 2 as 2.
+        self.connect_kwargs = kwargs | {
+            "connect_timeout": max(2, math.ceil(settings.health_timeout))
+        }
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.conninfo,
+            min_size=0,
+            max_size=3,
+            timeout=settings.health_timeout,
+            # A failed connect is retried in the background until this, not for minutes: the
+            # next check asks again, and says why it failed (see _connect_error).
+            reconnect_timeout=settings.health_timeout,
+            kwargs=self.connect_kwargs,
+            check=None,
+            open=True,
+            name="pgcelery-health",
         )
         self._lock = threading.Lock()
         self.last: HealthReport | None = None
 
-    def _transaction(self, body: Callable[[sa.Connection], Any]) -> Any:
-        import sqlalchemy as sa
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection inside one transaction bounded by the health timeout."""
+        try:
+            with self.pool.connection() as connection, connection.transaction():
+                connection.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(self.timeout_ms),)
+                )
+                yield connection
+        except PoolTimeout as timeout:
+            raise self._connect_error() or timeout from None
 
-        with self.engine.connect() as connection, connection.begin():
-            connection.execute(
-                sa.text("SELECT set_config('statement_timeout', :ms, true)"),
-                {"ms": str(self.timeout_ms)},
-            )
-            return body(connection)
+    def _connect_error(self) -> psycopg.Error | None:
+        """Why the pool has no connection to give: libpq's own error if a connection cannot be
+        made now (the pool only says it waited), ``None`` if the pool was merely busy."""
+        try:
+            psycopg.connect(self.conninfo, **self.connect_kwargs).close()
+        except psycopg.Error as exc:
+            return exc
+        return None
 
     def check(self) -> HealthReport:
         """Run all three checks now; remembered as :attr:`last` for ``/metrics``."""
-        import sqlalchemy as sa
-
         started = time.perf_counter()
         results: dict[str, CheckResult] = {}
         try:
-            with self.engine.connect() as connection, connection.begin():
-                connection.execute(
-                    sa.text("SELECT set_config('statement_timeout', :ms, true)"),
-                    {"ms": str(self.timeout_ms)},
-                )
+            with self._connection() as connection:
                 results["database"] = CheckResult("ok", "PostgreSQL answered")
                 results["broker"] = self._check_broker(connection)
                 results["schema"] = self._check_schema(connection)
-        except sa.exc.SQLAlchemyError as exc:
+        except (psycopg.Error, PoolTimeout) as exc:
             reason = _reason(exc)
             if "database" not in results:
                 results["database"] = CheckResult("fail", f"PostgreSQL is unreachable: {reason}")
@@ -186,26 +202,24 @@ class DatabaseProbe:
             )
         return report
 
-    def _check_broker(self, connection: sa.Connection) -> CheckResult:
-        import sqlalchemy as sa
-
+    def _check_broker(self, connection: psycopg.Connection[Any]) -> CheckResult:
         try:
-            with connection.begin_nested():
+            with connection.transaction():  # a savepoint: the schema check still runs after
                 connection.execute(
-                    sa.text(
-                        f"SELECT (SELECT 1 FROM {self.names.queue} LIMIT 1),"
-                        f" (SELECT 1 FROM {self.names.message} LIMIT 1)"
-                    )
+                    f"SELECT (SELECT 1 FROM {self.names.queue} LIMIT 1),"
+                    f" (SELECT 1 FROM {self.names.message} LIMIT 1)"
                 )
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
+        except psycopg.Error as exc:
+            # A dropped connection fails every check, as an unreachable database does; a missing
+            # table or a statement timeout fails this one.
+            if connection.closed or connection.broken:
                 raise
             return CheckResult("fail", f"broker tables are not readable: {_reason(exc)}")
         return CheckResult("ok", "broker tables are readable")
 
-    def _check_schema(self, connection: sa.Connection) -> CheckResult:
+    def _check_schema(self, connection: psycopg.Connection[Any]) -> CheckResult:
         recorded = revisions.recorded(
-            lambda sql, params: connection.exec_driver_sql(sql, params).fetchall(), self.schema
+            lambda sql, params: connection.execute(sql, params).fetchall(), self.schema
         )
         found = recorded[0] if recorded else None
         expected = _head()
@@ -221,12 +235,10 @@ class DatabaseProbe:
 
     def queue_stats(self) -> list[QueueStats]:
         """Ready, in-flight and oldest-ready age per queue, from the broker tables."""
-        import sqlalchemy as sa
-
         excluded = " AND ".join(
-            f"q.name NOT LIKE :skip{i}" for i in range(len(_INTERNAL_QUEUE_PATTERNS))
+            f"q.name NOT LIKE %(skip{i})s" for i in range(len(_INTERNAL_QUEUE_PATTERNS))
         )
-        query = sa.text(
+        query = (
             "SELECT q.name,"
             " count(m.id) FILTER (WHERE m.visible AND m.visible_at <= now()),"
             " count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()),"
@@ -238,8 +250,8 @@ class DatabaseProbe:
         )
         params = {f"skip{i}": p for i, p in enumerate(_INTERNAL_QUEUE_PATTERNS)}
 
-        def run(connection: sa.Connection) -> list[QueueStats]:
-            rows = connection.execute(query, params).all()
+        with self._lock, self._connection() as connection:
+            rows = connection.execute(query, params).fetchall()
             return [
                 QueueStats(
                     name=str(name),
@@ -251,23 +263,15 @@ class DatabaseProbe:
                 for name, ready, in_flight, age, paused in rows
             ]
 
-        with self._lock:
-            result: list[QueueStats] = self._transaction(run)
-        return result
-
     def backlog_stats(self) -> Backlog:
         """The biggest tenant backlogs and the tasks held back by a limit, in one transaction."""
 
-        def run(connection: sa.Connection) -> Backlog:
-            def fetch(query: str, params: Any) -> list[sa.Row[Any]]:
-                # %(name)s parameters, passed to psycopg as they are (see observability.backlog).
-                return list(connection.exec_driver_sql(query, params).all())
+        with self._lock, self._connection() as connection:
+
+            def fetch(query: str, params: Any) -> list[tuple[Any, ...]]:
+                return connection.execute(query, params).fetchall()
 
             return backlog.tenant_backlog(fetch, self.names), backlog.limit_waits(fetch, self.names)
 
-        with self._lock:
-            result: Backlog = self._transaction(run)
-        return result
-
     def close(self) -> None:
-        self.engine.dispose()
+        self.pool.close()

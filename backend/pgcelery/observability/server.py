@@ -22,10 +22,12 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from celery import Celery, bootsteps
 from celery import signals as celery_signals
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
+from psycopg_pool import PoolTimeout
 
 from pgcelery.observability import logging as json_logging
 from pgcelery.observability import metrics, signals
@@ -49,17 +51,16 @@ class ScrapeCollector:
 
     def collect(self) -> Iterator[Metric]:
         from celery.worker import state
-        from sqlalchemy.exc import SQLAlchemyError  # the probe's: loaded with it
 
         yield from metrics.worker_families(self.hostname, len(state.active_requests))
         try:
             yield from metrics.queue_families(self.probe.queue_stats())
-        except SQLAlchemyError:
+        except (psycopg.Error, PoolTimeout):
             # /health says why; the queue gauges are simply absent from this scrape.
             log.debug("pgcelery.metrics.queue_stats_failed", exc_info=True)
         try:
             yield from metrics.backlog_families(*self.probe.backlog_stats())
-        except SQLAlchemyError:
+        except (psycopg.Error, PoolTimeout):
             log.debug("pgcelery.metrics.backlog_failed", exc_info=True)
         last = self.probe.last
         if last is None or time.time() - last.checked_at > HEALTH_MAX_AGE:

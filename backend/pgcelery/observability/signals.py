@@ -12,6 +12,7 @@ process that only sends tasks never touches metric files.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -26,6 +27,7 @@ _STATE: dict[str, Any] = {"enabled": False, "hostname": ""}
 _STARTED: dict[str, float] = {}
 _POOL_LOCK = threading.Lock()
 _POOL_IN_USE = {"pid": 0, "count": 0}
+_POOL_EVENTS = {"listening": False}
 UNKNOWN_TASK = "unregistered"
 
 
@@ -35,12 +37,7 @@ def activate(hostname: str) -> None:
     _STATE["hostname"] = hostname
     _STARTED.clear()
     _reset_pool_count()
-    # Only a worker with metrics on counts pool checkouts: it alone loads SQLAlchemy for it.
-    import sqlalchemy as sa
-
-    if not sa.event.contains(sa.pool.Pool, "checkout", _on_checkout):
-        sa.event.listen(sa.pool.Pool, "checkout", _on_checkout)
-        sa.event.listen(sa.pool.Pool, "checkin", _on_checkin)
+    _count_pool_use()
 
 
 def deactivate() -> None:
@@ -153,6 +150,23 @@ def _pool_delta(delta: int) -> None:
     task_metrics().db_connections_in_use.labels(hostname=str(_STATE["hostname"])).set(count)
 
 
+def _count_pool_use(**_: Any) -> None:
+    """Count pgcelery.db's pool checkouts, once SQLAlchemy is loaded (SQLAlchemy's class-wide
+    pool events: every engine's pool, made before or after). A worker whose tasks never use
+    pgcelery.db never loads SQLAlchemy, so this must not load it either: called again before
+    each task, it starts listening from the first task after one loaded it (by importing a
+    module that uses pgcelery.db); that task's own first checkouts can go uncounted."""
+    if _POOL_EVENTS["listening"] or not _STATE["enabled"] or "sqlalchemy" not in sys.modules:
+        return
+    import sqlalchemy as sa
+
+    with _POOL_LOCK:
+        if not sa.event.contains(sa.pool.Pool, "checkout", _on_checkout):
+            sa.event.listen(sa.pool.Pool, "checkout", _on_checkout)
+            sa.event.listen(sa.pool.Pool, "checkin", _on_checkin)
+        _POOL_EVENTS["listening"] = True
+
+
 def _on_checkout(*_: Any) -> None:
     _pool_delta(1)
 
@@ -165,6 +179,7 @@ _HANDLERS = (
     (signals.after_task_publish, _on_publish),
     (signals.task_received, _on_received),
     (signals.task_rejected, _on_rejected),
+    (signals.task_prerun, _count_pool_use),
     (signals.task_prerun, _on_prerun),
     (signals.task_postrun, _on_postrun),
     (signals.task_success, _on_success),
